@@ -1,0 +1,381 @@
+//! JSON messages exchanged over the signaling WebSocket (`docs/protocol.md`).
+
+use crate::{CompanionKind, Role, TrackKind, TrackLabel};
+use serde::{Deserialize, Serialize};
+use std::fmt;
+
+/// A participant's id within one consultation, assigned by the server at join.
+pub type ParticipantId = String;
+
+/// Which of the participant's two peer connections a message is about.
+/// The client offers on the `publisher` connection; the server offers on the `subscriber` one.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum PeerTarget {
+    Publisher,
+    Subscriber,
+}
+
+/// A trickled ICE candidate, as the browser's `RTCIceCandidateInit`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct IceCandidate {
+    pub candidate: String,
+    #[serde(default, rename = "sdpMid", skip_serializing_if = "Option::is_none")]
+    pub sdp_mid: Option<String>,
+    #[serde(
+        default,
+        rename = "sdpMLineIndex",
+        skip_serializing_if = "Option::is_none"
+    )]
+    pub sdp_mline_index: Option<u16>,
+}
+
+/// A track the client declares in its publisher offer: which m-line carries what.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PublishedTrack {
+    /// The `a=mid` of the m-line in the publisher offer.
+    pub mid: String,
+    pub label: TrackLabel,
+    #[serde(default)]
+    pub muted: bool,
+}
+
+/// A track as other participants see it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct TrackInfo {
+    /// Stable id of the track in the room: `<participant id>/<publisher mid>`.
+    pub track_id: String,
+    pub label: TrackLabel,
+    pub kind: TrackKind,
+    pub muted: bool,
+}
+
+/// A track the server sends on the subscriber connection: which m-line carries whose track.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SubscribedTrack {
+    /// The `a=mid` of the m-line in the subscriber offer.
+    pub mid: String,
+    pub track_id: String,
+    pub participant_id: ParticipantId,
+    pub label: TrackLabel,
+    pub kind: TrackKind,
+}
+
+/// Where a participant stands in the consultation.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum AdmissionState {
+    Waiting,
+    Admitted,
+}
+
+/// A participant as others see it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ParticipantInfo {
+    pub participant_id: ParticipantId,
+    pub identity: String,
+    pub name: String,
+    pub role: Role,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub companion_kind: Option<CompanionKind>,
+    pub state: AdmissionState,
+    #[serde(default)]
+    pub tracks: Vec<TrackInfo>,
+}
+
+/// Messages from a client to the server.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(tag = "type", rename_all = "snake_case")]
+pub enum ClientMsg {
+    /// First message on a connection.
+    Join {
+        version: u32,
+        token: String,
+    },
+    /// SDP offer of the publisher connection, with what each sending m-line carries.
+    /// Tracks missing from the list (or m-lines no longer sending) are unpublished.
+    PublishOffer {
+        sdp: String,
+        tracks: Vec<PublishedTrack>,
+    },
+    /// SDP answer to a `subscriber_offer`.
+    SubscriberAnswer {
+        sdp: String,
+    },
+    /// Trickled ICE candidate of one of the client's connections.
+    Candidate {
+        target: PeerTarget,
+        candidate: IceCandidate,
+    },
+    /// Mute state of one of the client's published tracks.
+    Mute {
+        mid: String,
+        muted: bool,
+    },
+    /// Physician: admit a waiting participant.
+    Admit {
+        participant_id: ParticipantId,
+    },
+    /// Physician: refuse a waiting participant.
+    Refuse {
+        participant_id: ParticipantId,
+        #[serde(default)]
+        reason: Option<String>,
+    },
+    /// Physician: remove a participant from the consultation.
+    Remove {
+        participant_id: ParticipantId,
+    },
+    /// Physician: end the consultation for everyone.
+    EndConsultation,
+    Leave,
+    Ping,
+}
+
+/// Messages from the server to a client.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(tag = "type", rename_all = "snake_case")]
+pub enum ServerMsg {
+    /// Answer to `join`. `participants` lists the admitted participants (empty while waiting).
+    Joined {
+        version: u32,
+        participant_id: ParticipantId,
+        room: String,
+        role: Role,
+        state: AdmissionState,
+        participants: Vec<ParticipantInfo>,
+    },
+    /// The participant was admitted by a physician: media may now flow.
+    Admitted {
+        participants: Vec<ParticipantInfo>,
+    },
+    /// The participant was refused; the connection closes.
+    Refused {
+        reason: Option<String>,
+    },
+    /// The participant was removed by a physician; the connection closes.
+    Removed,
+    /// To participants with the admit grant: who is waiting now.
+    WaitingRoom {
+        waiting: Vec<ParticipantInfo>,
+    },
+    ParticipantJoined {
+        participant: ParticipantInfo,
+    },
+    ParticipantLeft {
+        participant_id: ParticipantId,
+        reason: LeaveReason,
+    },
+    /// SDP answer to `publish_offer`.
+    PublishAnswer {
+        sdp: String,
+    },
+    /// SDP offer of the subscriber connection, with what each m-line carries.
+    SubscriberOffer {
+        sdp: String,
+        tracks: Vec<SubscribedTrack>,
+    },
+    TrackPublished {
+        participant_id: ParticipantId,
+        track: TrackInfo,
+    },
+    TrackUnpublished {
+        participant_id: ParticipantId,
+        track_id: String,
+    },
+    MuteChanged {
+        participant_id: ParticipantId,
+        track_id: String,
+        muted: bool,
+    },
+    ConsultationEnded {
+        by: ParticipantId,
+    },
+    Error {
+        code: ErrorCode,
+        message: String,
+    },
+    Pong,
+}
+
+/// Why a participant is no longer in the room.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum LeaveReason {
+    Left,
+    Disconnected,
+    Removed,
+    Refused,
+    /// Another connection with the same identity took over.
+    Replaced,
+    ConsultationEnded,
+}
+
+/// Error codes of `error` messages and of HTTP error bodies.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ErrorCode {
+    BadJson,
+    UnknownType,
+    MessageTooLarge,
+    UnsupportedVersion,
+    BadToken,
+    TokenExpired,
+    WrongRoom,
+    Forbidden,
+    NotJoined,
+    AlreadyJoined,
+    NotAdmitted,
+    NotFound,
+    InvalidState,
+    ConsultationEnded,
+    BadSdp,
+    Unauthorized,
+    BadRequest,
+    Internal,
+}
+
+impl ErrorCode {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ErrorCode::BadJson => "bad_json",
+            ErrorCode::UnknownType => "unknown_type",
+            ErrorCode::MessageTooLarge => "message_too_large",
+            ErrorCode::UnsupportedVersion => "unsupported_version",
+            ErrorCode::BadToken => "bad_token",
+            ErrorCode::TokenExpired => "token_expired",
+            ErrorCode::WrongRoom => "wrong_room",
+            ErrorCode::Forbidden => "forbidden",
+            ErrorCode::NotJoined => "not_joined",
+            ErrorCode::AlreadyJoined => "already_joined",
+            ErrorCode::NotAdmitted => "not_admitted",
+            ErrorCode::NotFound => "not_found",
+            ErrorCode::InvalidState => "invalid_state",
+            ErrorCode::ConsultationEnded => "consultation_ended",
+            ErrorCode::BadSdp => "bad_sdp",
+            ErrorCode::Unauthorized => "unauthorized",
+            ErrorCode::BadRequest => "bad_request",
+            ErrorCode::Internal => "internal",
+        }
+    }
+}
+
+impl fmt::Display for ErrorCode {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// Body of every HTTP error response.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ApiError {
+    pub code: ErrorCode,
+    pub message: String,
+}
+
+/// `POST /api/tokens`: mint one access token.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct TokenRequest {
+    pub room: String,
+    pub identity: String,
+    pub name: String,
+    pub role: Role,
+    #[serde(default)]
+    pub companion_kind: Option<CompanionKind>,
+    /// Lifetime in seconds (default: the server's configured token lifetime).
+    #[serde(default)]
+    pub ttl_secs: Option<u64>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct TokenResponse {
+    pub token: String,
+    pub expires_at: u64,
+}
+
+/// One expected participant of a new consultation.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Invitee {
+    pub identity: String,
+    pub name: String,
+    #[serde(default)]
+    pub companion_kind: Option<CompanionKind>,
+}
+
+/// `POST /api/consultations`: create a consultation and its join links.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct CreateConsultation {
+    /// The physician; optional when the caller is a physician (their own token is used).
+    #[serde(default)]
+    pub physician: Option<Invitee>,
+    pub patient: Invitee,
+    #[serde(default)]
+    pub companion: Option<Invitee>,
+    #[serde(default)]
+    pub ttl_secs: Option<u64>,
+}
+
+/// A join link for one participant.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct JoinLink {
+    pub role: Role,
+    pub identity: String,
+    pub name: String,
+    pub token: String,
+    pub url: String,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ConsultationCreated {
+    pub room: String,
+    pub expires_at: u64,
+    pub links: Vec<JoinLink>,
+}
+
+/// One row of the audit trail.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct AuditRecord {
+    pub seq: i64,
+    /// Milliseconds since the Unix epoch.
+    pub ts_ms: i64,
+    pub room: String,
+    pub actor: Option<String>,
+    pub action: String,
+    pub target: Option<String>,
+    pub detail: serde_json::Value,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn messages_are_tagged_snake_case() {
+        let m = ClientMsg::Admit {
+            participant_id: "p1".into(),
+        };
+        assert_eq!(
+            serde_json::to_string(&m).unwrap(),
+            r#"{"type":"admit","participant_id":"p1"}"#
+        );
+        let back: ClientMsg = serde_json::from_str(r#"{"type":"end_consultation"}"#).unwrap();
+        assert_eq!(back, ClientMsg::EndConsultation);
+        let e = ServerMsg::Error {
+            code: ErrorCode::TokenExpired,
+            message: "x".into(),
+        };
+        assert!(serde_json::to_string(&e)
+            .unwrap()
+            .contains(r#""code":"token_expired""#));
+    }
+
+    #[test]
+    fn ice_candidate_uses_browser_field_names() {
+        let c: IceCandidate = serde_json::from_str(
+            r#"{"candidate":"candidate:1 1 udp 1 127.0.0.1 5000 typ host","sdpMid":"0","sdpMLineIndex":0}"#,
+        )
+        .unwrap();
+        assert_eq!(c.sdp_mid.as_deref(), Some("0"));
+        assert_eq!(c.sdp_mline_index, Some(0));
+    }
+}

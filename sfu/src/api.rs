@@ -1,0 +1,166 @@
+//! The control interface between signaling and the media plane.
+//!
+//! Signaling only ever talks to the SFU through [`SfuHandle`]; the SFU only ever talks back
+//! through the per-participant [`SfuEvent`] channel. Both are small enough to carry over a
+//! message bus later.
+
+use consult_protocol::{ParticipantId, PeerTarget, PublishedTrack, SubscribedTrack};
+use tokio::sync::{mpsc, oneshot};
+
+/// Errors the SFU reports back to signaling (and so to the client).
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum SfuError {
+    #[error("unknown participant")]
+    UnknownParticipant,
+    #[error("participant already has a media session")]
+    AlreadyJoined,
+    #[error("bad SDP: {0}")]
+    BadSdp(String),
+    #[error("bad track declaration: {0}")]
+    BadTrack(String),
+    #[error("no subscriber offer is pending")]
+    NoPendingOffer,
+    #[error("the media plane has stopped")]
+    Stopped,
+}
+
+/// Events the SFU sends to one participant's signaling session.
+#[derive(Debug, Clone, PartialEq)]
+pub enum SfuEvent {
+    /// A new offer on the subscriber connection: forward to the client, which answers.
+    SubscriberOffer {
+        sdp: String,
+        tracks: Vec<SubscribedTrack>,
+    },
+    /// ICE + DTLS of one of the participant's connections is up.
+    Connected(PeerTarget),
+    /// One of the participant's connections lost ICE connectivity.
+    Disconnected(PeerTarget),
+}
+
+/// Commands from signaling to the SFU.
+#[derive(Debug)]
+pub enum Command {
+    /// Create the media session of an admitted participant.
+    Join {
+        room: String,
+        participant: ParticipantId,
+        events: mpsc::UnboundedSender<SfuEvent>,
+        reply: oneshot::Sender<Result<(), SfuError>>,
+    },
+    /// Offer of the publisher connection; the reply is the SDP answer.
+    PublishOffer {
+        participant: ParticipantId,
+        sdp: String,
+        tracks: Vec<PublishedTrack>,
+        reply: oneshot::Sender<Result<String, SfuError>>,
+    },
+    /// Answer to the last subscriber offer.
+    SubscriberAnswer {
+        participant: ParticipantId,
+        sdp: String,
+        reply: oneshot::Sender<Result<(), SfuError>>,
+    },
+    /// A trickled remote candidate (the SFU is ICE-lite and mostly learns addresses from STUN).
+    Candidate {
+        participant: ParticipantId,
+        target: PeerTarget,
+        candidate: String,
+    },
+    /// Tear down the participant's media session; its tracks leave every subscriber.
+    Leave { participant: ParticipantId },
+    /// Counters, for tests and metrics.
+    Stats { reply: oneshot::Sender<SfuStats> },
+}
+
+/// Counters of the media plane since start.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct SfuStats {
+    pub participants: usize,
+    pub datagrams_in: u64,
+    /// Datagrams dropped before reaching a peer (unknown sender, not STUN/DTLS/RTP/RTCP, bad STUN).
+    pub datagrams_dropped: u64,
+    pub rtp_in: u64,
+    pub rtp_forwarded: u64,
+    pub keyframe_requests_sent: u64,
+}
+
+/// Cheap, cloneable handle on a running SFU.
+#[derive(Debug, Clone)]
+pub struct SfuHandle {
+    pub(crate) commands: mpsc::UnboundedSender<Command>,
+    pub(crate) local_addr: std::net::SocketAddr,
+}
+
+impl SfuHandle {
+    /// The address the SFU's UDP socket is bound to.
+    pub fn local_addr(&self) -> std::net::SocketAddr {
+        self.local_addr
+    }
+
+    fn send(&self, cmd: Command) -> Result<(), SfuError> {
+        self.commands.send(cmd).map_err(|_| SfuError::Stopped)
+    }
+
+    pub async fn join(
+        &self,
+        room: &str,
+        participant: &str,
+        events: mpsc::UnboundedSender<SfuEvent>,
+    ) -> Result<(), SfuError> {
+        let (reply, rx) = oneshot::channel();
+        self.send(Command::Join {
+            room: room.to_owned(),
+            participant: participant.to_owned(),
+            events,
+            reply,
+        })?;
+        rx.await.map_err(|_| SfuError::Stopped)?
+    }
+
+    pub async fn publish_offer(
+        &self,
+        participant: &str,
+        sdp: String,
+        tracks: Vec<PublishedTrack>,
+    ) -> Result<String, SfuError> {
+        let (reply, rx) = oneshot::channel();
+        self.send(Command::PublishOffer {
+            participant: participant.to_owned(),
+            sdp,
+            tracks,
+            reply,
+        })?;
+        rx.await.map_err(|_| SfuError::Stopped)?
+    }
+
+    pub async fn subscriber_answer(&self, participant: &str, sdp: String) -> Result<(), SfuError> {
+        let (reply, rx) = oneshot::channel();
+        self.send(Command::SubscriberAnswer {
+            participant: participant.to_owned(),
+            sdp,
+            reply,
+        })?;
+        rx.await.map_err(|_| SfuError::Stopped)?
+    }
+
+    pub fn candidate(&self, participant: &str, target: PeerTarget, candidate: String) {
+        let _ = self.send(Command::Candidate {
+            participant: participant.to_owned(),
+            target,
+            candidate,
+        });
+    }
+
+    pub fn leave(&self, participant: &str) {
+        let _ = self.send(Command::Leave {
+            participant: participant.to_owned(),
+        });
+    }
+
+    pub async fn stats(&self) -> Result<SfuStats, SfuError> {
+        let (reply, rx) = oneshot::channel();
+        self.send(Command::Stats { reply })?;
+        rx.await.map_err(|_| SfuError::Stopped)
+    }
+}

@@ -1,0 +1,749 @@
+//! The sans-I/O core of the media plane: participants, their peers, and forwarding.
+//!
+//! Every entry point takes `now`; datagrams to send go to a [`Transmit`] sink. The runner owns
+//! the socket and the clock; tests can drive the engine directly.
+
+use crate::api::{Command, SfuError, SfuEvent, SfuStats};
+use crate::demux::{Demux, PeerKey};
+use crate::peer::Peer;
+use crate::track::{map_payload_type, OutState, TrackIn, TrackOut};
+use consult_protocol::{ParticipantId, PeerTarget, PublishedTrack, SubscribedTrack, TrackKind};
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::time::{Duration, Instant};
+use str0m::change::{SdpAnswer, SdpOffer, SdpPendingOffer};
+use str0m::media::{Direction, KeyframeRequestKind, MediaKind, Mid};
+use str0m::net::{Protocol, Receive};
+use str0m::rtp::{ExtensionValues, RtpPacket, RtpWrite};
+use str0m::{Candidate, Event, IceConnectionState, Input, Output};
+use tokio::sync::mpsc::UnboundedSender;
+use tracing::{debug, info, warn};
+
+/// Where the engine sends datagrams.
+pub trait Transmit {
+    fn send(&mut self, to: SocketAddr, data: &[u8]);
+}
+
+impl<F: FnMut(SocketAddr, &[u8])> Transmit for F {
+    fn send(&mut self, to: SocketAddr, data: &[u8]) {
+        self(to, data)
+    }
+}
+
+/// The longest the runner sleeps without a timeout check.
+const MAX_SLEEP: Duration = Duration::from_millis(100);
+
+struct Participant {
+    id: ParticipantId,
+    room: String,
+    publisher: Peer,
+    subscriber: Peer,
+    events: UnboundedSender<SfuEvent>,
+    tracks: Vec<TrackIn>,
+    outs: Vec<TrackOut>,
+    pending_offer: Option<SdpPendingOffer>,
+}
+
+impl Participant {
+    fn peer_mut(&mut self, target: PeerTarget) -> &mut Peer {
+        match target {
+            PeerTarget::Publisher => &mut self.publisher,
+            PeerTarget::Subscriber => &mut self.subscriber,
+        }
+    }
+
+    fn notify(&self, event: SfuEvent) {
+        // The session may be gone already; it then gets a Leave soon.
+        let _ = self.events.send(event);
+    }
+}
+
+pub struct Engine {
+    candidate_addr: SocketAddr,
+    participants: HashMap<u64, Participant>,
+    ids: HashMap<ParticipantId, u64>,
+    rooms: HashMap<String, Vec<u64>>,
+    demux: Demux,
+    next_key: u64,
+    stats: SfuStats,
+    /// Peers with new input to poll.
+    dirty: Vec<PeerKey>,
+    /// Scratch buffers reused across packets.
+    events: Vec<(PeerKey, Event)>,
+    fanout: Vec<u64>,
+}
+
+impl Engine {
+    /// An engine whose peers all advertise `candidate_addr` (the one UDP port).
+    pub fn new(candidate_addr: SocketAddr) -> Engine {
+        Engine {
+            candidate_addr,
+            participants: HashMap::new(),
+            ids: HashMap::new(),
+            rooms: HashMap::new(),
+            demux: Demux::default(),
+            next_key: 1,
+            stats: SfuStats::default(),
+            dirty: Vec::new(),
+            events: Vec::new(),
+            fanout: Vec::new(),
+        }
+    }
+
+    pub fn stats(&self) -> SfuStats {
+        SfuStats {
+            participants: self.participants.len(),
+            ..self.stats
+        }
+    }
+
+    /// When the engine next needs [`Engine::handle_timeout`].
+    pub fn next_timeout(&self, now: Instant) -> Instant {
+        self.participants
+            .values()
+            .flat_map(|p| [p.publisher.next_timeout, p.subscriber.next_timeout])
+            .fold(now + MAX_SLEEP, Instant::min)
+    }
+
+    /// One datagram from the UDP socket.
+    pub fn handle_datagram(
+        &mut self,
+        now: Instant,
+        source: SocketAddr,
+        buf: &[u8],
+        tx: &mut impl Transmit,
+    ) {
+        self.stats.datagrams_in += 1;
+        let Some(key) = self.demux.route(source, buf) else {
+            self.stats.datagrams_dropped += 1;
+            return;
+        };
+        let Ok(contents) = buf.try_into() else {
+            self.stats.datagrams_dropped += 1;
+            return;
+        };
+        let Some(p) = self.participants.get_mut(&key.0) else {
+            return;
+        };
+        let input = Input::Receive(
+            now,
+            Receive {
+                proto: Protocol::Udp,
+                source,
+                destination: self.candidate_addr,
+                contents,
+            },
+        );
+        // A malformed packet from a known address must not end the session: log and go on.
+        if let Err(e) = p.peer_mut(key.1).rtc.handle_input(input) {
+            debug!(participant = %p.id, ?key, "input rejected: {e}");
+        }
+        self.drive(now, key, tx);
+    }
+
+    /// Timers: feed every peer whose timeout is due, and flush delayed keyframe requests.
+    pub fn handle_timeout(&mut self, now: Instant, tx: &mut impl Transmit) {
+        for (key, p) in self.participants.iter_mut() {
+            for target in [PeerTarget::Publisher, PeerTarget::Subscriber] {
+                let peer = p.peer_mut(target);
+                if peer.next_timeout <= now {
+                    if let Err(e) = peer.rtc.handle_input(Input::Timeout(now)) {
+                        debug!(participant = %p.id, "timeout rejected: {e}");
+                    }
+                    self.dirty.push((*key, target));
+                }
+            }
+        }
+        let mut due = Vec::new();
+        for (key, p) in &self.participants {
+            for t in &p.tracks {
+                if t.keyframe_pending {
+                    due.push((*key, t.mid));
+                }
+            }
+        }
+        for (key, mid) in due {
+            self.request_keyframe(now, key, mid, KeyframeRequestKind::Pli);
+        }
+        self.drain(now, tx);
+    }
+
+    pub fn handle_command(&mut self, now: Instant, cmd: Command, tx: &mut impl Transmit) {
+        match cmd {
+            Command::Join {
+                room,
+                participant,
+                events,
+                reply,
+            } => {
+                let _ = reply.send(self.join(now, room, participant, events));
+            }
+            Command::PublishOffer {
+                participant,
+                sdp,
+                tracks,
+                reply,
+            } => {
+                let r = self.publish_offer(now, &participant, &sdp, tracks);
+                let _ = reply.send(r);
+            }
+            Command::SubscriberAnswer {
+                participant,
+                sdp,
+                reply,
+            } => {
+                let r = self.subscriber_answer(now, &participant, &sdp);
+                let _ = reply.send(r);
+            }
+            Command::Candidate {
+                participant,
+                target,
+                candidate,
+            } => {
+                let Some(p) = self
+                    .key(&participant)
+                    .and_then(|k| self.participants.get_mut(&k))
+                else {
+                    return;
+                };
+                let line = candidate.trim_start_matches("a=");
+                match Candidate::from_sdp_string(line) {
+                    Ok(c) => p.peer_mut(target).rtc.add_remote_candidate(c),
+                    Err(e) => debug!(participant, "ignoring bad candidate: {e}"),
+                }
+            }
+            Command::Leave { participant } => self.leave(&participant),
+            Command::Stats { reply } => {
+                let _ = reply.send(self.stats());
+            }
+        }
+        self.drain(now, tx);
+    }
+
+    fn key(&self, id: &str) -> Option<u64> {
+        self.ids.get(id).copied()
+    }
+
+    fn join(
+        &mut self,
+        now: Instant,
+        room: String,
+        id: ParticipantId,
+        events: UnboundedSender<SfuEvent>,
+    ) -> Result<(), SfuError> {
+        if self.ids.contains_key(&id) {
+            return Err(SfuError::AlreadyJoined);
+        }
+        let publisher = Peer::new(now, self.candidate_addr).map_err(SfuError::BadSdp)?;
+        let subscriber = Peer::new(now, self.candidate_addr).map_err(SfuError::BadSdp)?;
+        let key = self.next_key;
+        self.next_key += 1;
+        self.demux
+            .add_peer(publisher.ufrag.clone(), (key, PeerTarget::Publisher));
+        self.demux
+            .add_peer(subscriber.ufrag.clone(), (key, PeerTarget::Subscriber));
+
+        // Everything already published in the room is to be sent to the newcomer.
+        let members = self.rooms.entry(room.clone()).or_default();
+        let mut outs = Vec::new();
+        for other in members.iter() {
+            if let Some(o) = self.participants.get_mut(other) {
+                for t in o.tracks.iter_mut() {
+                    t.subscribers.push(key);
+                    outs.push(TrackOut::new((*other, t.mid), o.id.clone(), t.label));
+                }
+            }
+        }
+        members.push(key);
+        info!(participant = %id, room, "media session created");
+        self.ids.insert(id.clone(), key);
+        self.participants.insert(
+            key,
+            Participant {
+                id,
+                room,
+                publisher,
+                subscriber,
+                events,
+                tracks: Vec::new(),
+                outs,
+                pending_offer: None,
+            },
+        );
+        self.negotiate_subscriber(key);
+        Ok(())
+    }
+
+    fn publish_offer(
+        &mut self,
+        _now: Instant,
+        id: &str,
+        sdp: &str,
+        declared: Vec<PublishedTrack>,
+    ) -> Result<String, SfuError> {
+        let key = self.key(id).ok_or(SfuError::UnknownParticipant)?;
+        let offer = SdpOffer::from_sdp_string(sdp).map_err(|e| SfuError::BadSdp(e.to_string()))?;
+        for (i, t) in declared.iter().enumerate() {
+            if declared[..i].iter().any(|o| o.mid == t.mid) {
+                return Err(SfuError::BadTrack(format!("mid {} declared twice", t.mid)));
+            }
+        }
+        let p = self
+            .participants
+            .get_mut(&key)
+            .ok_or(SfuError::UnknownParticipant)?;
+        let answer = p
+            .publisher
+            .rtc
+            .sdp_api()
+            .accept_offer(offer)
+            .map_err(|e| SfuError::BadSdp(e.to_string()))?;
+
+        // Which declared tracks are really received on this connection now.
+        let mut live = Vec::with_capacity(declared.len());
+        let mut bad = None;
+        for t in &declared {
+            let mid = Mid::from(t.mid.as_str());
+            let kind_ok = |k: MediaKind| match t.label.kind() {
+                TrackKind::Audio => k == MediaKind::Audio,
+                TrackKind::Video => k == MediaKind::Video,
+            };
+            match p.publisher.rtc.media(mid) {
+                Some(m) if !kind_ok(m.kind()) => {
+                    bad = Some(format!("mid {} is not {:?}", t.mid, t.label.kind()))
+                }
+                Some(m) if matches!(m.direction(), Direction::RecvOnly | Direction::SendRecv) => {
+                    live.push((mid, t.label))
+                }
+                Some(_) => {}
+                None => bad = Some(format!("mid {} is not in the offer", t.mid)),
+            }
+        }
+
+        // Unpublish what is gone, publish what is new.
+        let gone: Vec<Mid> = p
+            .tracks
+            .iter()
+            .filter(|t| !live.iter().any(|(m, l)| *m == t.mid && *l == t.label))
+            .map(|t| t.mid)
+            .collect();
+        for mid in gone {
+            self.unpublish(key, mid);
+        }
+        let room = self.participants[&key].room.clone();
+        let others: Vec<u64> = self.rooms[&room]
+            .iter()
+            .copied()
+            .filter(|k| *k != key)
+            .collect();
+        for (mid, label) in live {
+            let p = self.participants.get_mut(&key).expect("checked above");
+            if p.tracks.iter().any(|t| t.mid == mid) {
+                continue;
+            }
+            info!(participant = %p.id, %mid, %label, "track published");
+            let pid = p.id.clone();
+            p.tracks.push(TrackIn {
+                mid,
+                label,
+                kind: label.kind(),
+                subscribers: others.clone(),
+                last_keyframe_request: None,
+                keyframe_pending: false,
+            });
+            for other in &others {
+                if let Some(o) = self.participants.get_mut(other) {
+                    o.outs.push(TrackOut::new((key, mid), pid.clone(), label));
+                }
+            }
+        }
+        for other in &others {
+            self.negotiate_subscriber(*other);
+        }
+        self.dirty.push((key, PeerTarget::Publisher));
+        match bad {
+            Some(msg) => Err(SfuError::BadTrack(msg)),
+            None => Ok(answer.to_sdp_string()),
+        }
+    }
+
+    fn subscriber_answer(&mut self, now: Instant, id: &str, sdp: &str) -> Result<(), SfuError> {
+        let key = self.key(id).ok_or(SfuError::UnknownParticipant)?;
+        let p = self
+            .participants
+            .get_mut(&key)
+            .ok_or(SfuError::UnknownParticipant)?;
+        let answer =
+            SdpAnswer::from_sdp_string(sdp).map_err(|e| SfuError::BadSdp(e.to_string()))?;
+        let pending = p.pending_offer.take().ok_or(SfuError::NoPendingOffer)?;
+        if let Err(e) = p.subscriber.rtc.sdp_api().accept_answer(pending, answer) {
+            // The offer is spent; mark its tracks for a fresh offer.
+            for o in p.outs.iter_mut() {
+                match o.state {
+                    OutState::Negotiating => {
+                        o.state = OutState::ToOpen;
+                        o.mid = None;
+                    }
+                    OutState::Stopping => o.state = OutState::ToStop,
+                    _ => {}
+                }
+            }
+            return Err(SfuError::BadSdp(e.to_string()));
+        }
+        let mut opened = Vec::new();
+        p.outs.retain_mut(|o| match o.state {
+            OutState::Negotiating => {
+                o.state = OutState::Open;
+                if o.kind == TrackKind::Video {
+                    opened.push(o.source);
+                }
+                true
+            }
+            OutState::Stopping => false,
+            _ => true,
+        });
+        // A new subscriber needs a keyframe to start decoding.
+        for (src, mid) in opened {
+            self.request_keyframe(now, src, mid, KeyframeRequestKind::Pli);
+        }
+        self.negotiate_subscriber(key);
+        self.dirty.push((key, PeerTarget::Subscriber));
+        Ok(())
+    }
+
+    /// Remove a published track from the publisher and every subscriber.
+    fn unpublish(&mut self, key: u64, mid: Mid) {
+        let Some(p) = self.participants.get_mut(&key) else {
+            return;
+        };
+        let Some(i) = p.tracks.iter().position(|t| t.mid == mid) else {
+            return;
+        };
+        let track = p.tracks.swap_remove(i);
+        info!(participant = %p.id, %mid, "track unpublished");
+        for sub in track.subscribers {
+            if let Some(s) = self.participants.get_mut(&sub) {
+                stop_outs(&mut s.outs, |src| src == (key, mid));
+                self.negotiate_subscriber(sub);
+            }
+        }
+    }
+
+    fn leave(&mut self, id: &str) {
+        let Some(key) = self.ids.remove(id) else {
+            return;
+        };
+        let Some(mut p) = self.participants.remove(&key) else {
+            return;
+        };
+        info!(participant = %id, room = %p.room, "media session closed");
+        self.demux
+            .remove_peer(&p.publisher.ufrag, (key, PeerTarget::Publisher));
+        self.demux
+            .remove_peer(&p.subscriber.ufrag, (key, PeerTarget::Subscriber));
+        p.publisher.rtc.disconnect();
+        p.subscriber.rtc.disconnect();
+        if let Some(members) = self.rooms.get_mut(&p.room) {
+            members.retain(|k| *k != key);
+            if members.is_empty() {
+                self.rooms.remove(&p.room);
+            }
+        }
+        // Its subscriptions leave the publishers' fan-out lists.
+        for o in &p.outs {
+            if let Some(src) = self.participants.get_mut(&o.source.0) {
+                for t in src.tracks.iter_mut().filter(|t| t.mid == o.source.1) {
+                    t.subscribers.retain(|k| *k != key);
+                }
+            }
+        }
+        // Its tracks leave every subscriber.
+        let subs: Vec<u64> = p
+            .tracks
+            .iter()
+            .flat_map(|t| t.subscribers.iter().copied())
+            .collect();
+        for sub in subs {
+            if let Some(s) = self.participants.get_mut(&sub) {
+                stop_outs(&mut s.outs, |src| src.0 == key);
+                self.negotiate_subscriber(sub);
+            }
+        }
+    }
+
+    /// Send a new offer on a participant's subscriber peer if its tracks changed and no offer
+    /// is outstanding (the answer to the current one triggers the next).
+    fn negotiate_subscriber(&mut self, key: u64) {
+        let Some(p) = self.participants.get_mut(&key) else {
+            return;
+        };
+        if p.pending_offer.is_some()
+            || !p
+                .outs
+                .iter()
+                .any(|o| matches!(o.state, OutState::ToOpen | OutState::ToStop))
+        {
+            return;
+        }
+        let Participant {
+            subscriber, outs, ..
+        } = p;
+        let mut api = subscriber.rtc.sdp_api();
+        for o in outs.iter_mut() {
+            match o.state {
+                OutState::ToOpen => {
+                    let kind = match o.kind {
+                        TrackKind::Audio => MediaKind::Audio,
+                        TrackKind::Video => MediaKind::Video,
+                    };
+                    let stream_id = o.source_participant.clone();
+                    let track_id = format!("{}-{}", o.source_participant, o.source.1);
+                    let mid = api.add_media(
+                        kind,
+                        Direction::SendOnly,
+                        Some(stream_id),
+                        Some(track_id),
+                        None,
+                    );
+                    o.mid = Some(mid);
+                    o.state = OutState::Negotiating;
+                }
+                OutState::ToStop => {
+                    if let Some(mid) = o.mid {
+                        api.set_direction(mid, Direction::Inactive);
+                    }
+                    o.state = OutState::Stopping;
+                }
+                _ => {}
+            }
+        }
+        match api.apply() {
+            Some((offer, pending)) => {
+                p.pending_offer = Some(pending);
+                let tracks = p
+                    .outs
+                    .iter()
+                    .filter(|o| matches!(o.state, OutState::Negotiating | OutState::Open))
+                    .filter_map(|o| {
+                        Some(SubscribedTrack {
+                            mid: o.mid?.to_string(),
+                            track_id: o.track_id(),
+                            participant_id: o.source_participant.clone(),
+                            label: o.label,
+                            kind: o.kind,
+                        })
+                    })
+                    .collect();
+                p.notify(SfuEvent::SubscriberOffer {
+                    sdp: offer.to_sdp_string(),
+                    tracks,
+                });
+            }
+            None => p.outs.retain(|o| o.state != OutState::Stopping),
+        }
+    }
+
+    /// Ask a publisher for a keyframe on one of its video tracks, at most every 500 ms.
+    fn request_keyframe(&mut self, now: Instant, key: u64, mid: Mid, kind: KeyframeRequestKind) {
+        let Some(p) = self.participants.get_mut(&key) else {
+            return;
+        };
+        let Some(t) = p.tracks.iter_mut().find(|t| t.mid == mid) else {
+            return;
+        };
+        if t.kind != TrackKind::Video || !t.take_keyframe_slot(now) {
+            return;
+        }
+        if let Some(rx) = p.publisher.rtc.direct_api().stream_rx_by_mid(mid, None) {
+            rx.request_keyframe(kind);
+            self.stats.keyframe_requests_sent += 1;
+            self.dirty.push((key, PeerTarget::Publisher));
+        } else {
+            // No packet seen yet on this track: retry on the next timer.
+            t.keyframe_pending = true;
+            t.last_keyframe_request = None;
+        }
+    }
+
+    /// Poll every dirty peer until it has nothing more to say, handling what it says.
+    fn drive(&mut self, now: Instant, key: PeerKey, tx: &mut impl Transmit) {
+        self.dirty.push(key);
+        self.drain(now, tx);
+    }
+
+    fn drain(&mut self, now: Instant, tx: &mut impl Transmit) {
+        while let Some(key) = self.dirty.pop() {
+            self.poll_peer(key, tx);
+            let mut events = std::mem::take(&mut self.events);
+            for (key, event) in events.drain(..) {
+                self.handle_event(now, key, event);
+            }
+            self.events = events;
+        }
+    }
+
+    fn poll_peer(&mut self, key: PeerKey, tx: &mut impl Transmit) {
+        let Some(p) = self.participants.get_mut(&key.0) else {
+            return;
+        };
+        let peer = match key.1 {
+            PeerTarget::Publisher => &mut p.publisher,
+            PeerTarget::Subscriber => &mut p.subscriber,
+        };
+        loop {
+            match peer.rtc.poll_output() {
+                Ok(Output::Transmit(t)) => {
+                    // str0m only sends to addresses whose STUN checked out: learn them.
+                    self.demux.learn(t.destination, key);
+                    tx.send(t.destination, &t.contents);
+                }
+                Ok(Output::Timeout(t)) => {
+                    peer.next_timeout = t;
+                    break;
+                }
+                Ok(Output::Event(e)) => self.events.push((key, e)),
+                Err(e) => {
+                    warn!(participant = %p.id, ?key, "peer failed: {e}");
+                    peer.rtc.disconnect();
+                    peer.next_timeout = Instant::now() + Duration::from_secs(3600);
+                    break;
+                }
+            }
+        }
+    }
+
+    fn handle_event(&mut self, now: Instant, key: PeerKey, event: Event) {
+        match event {
+            Event::RtpPacket(pkt) if key.1 == PeerTarget::Publisher => self.forward(key.0, pkt),
+            Event::KeyframeRequest(req) if key.1 == PeerTarget::Subscriber => {
+                let source = self
+                    .participants
+                    .get(&key.0)
+                    .and_then(|p| p.outs.iter().find(|o| o.mid == Some(req.mid)))
+                    .map(|o| o.source);
+                if let Some((src, mid)) = source {
+                    self.request_keyframe(now, src, mid, req.kind);
+                }
+            }
+            Event::Connected => {
+                if let Some(p) = self.participants.get_mut(&key.0) {
+                    info!(participant = %p.id, target = ?key.1, "connected");
+                    p.peer_mut(key.1).connected = true;
+                    p.notify(SfuEvent::Connected(key.1));
+                }
+            }
+            Event::IceConnectionStateChange(IceConnectionState::Disconnected) => {
+                if let Some(p) = self.participants.get_mut(&key.0) {
+                    info!(participant = %p.id, target = ?key.1, "ICE disconnected");
+                    p.peer_mut(key.1).connected = false;
+                    p.notify(SfuEvent::Disconnected(key.1));
+                }
+            }
+            _ => {}
+        }
+    }
+
+    /// The hot path: one RTP packet from a publisher to every subscriber of its track.
+    fn forward(&mut self, key: u64, pkt: RtpPacket) {
+        self.stats.rtp_in += 1;
+        let Some(p) = self.participants.get_mut(&key) else {
+            return;
+        };
+        let Some(mid) = p
+            .publisher
+            .rtc
+            .direct_api()
+            .stream_rx(&pkt.header.ssrc)
+            .map(|s| s.mid())
+        else {
+            return;
+        };
+        let Some(track) = p.tracks.iter().find(|t| t.mid == mid) else {
+            return;
+        };
+        let kind = track.kind;
+        self.fanout.clear();
+        self.fanout.extend_from_slice(&track.subscribers);
+        let in_pt = pkt.header.payload_type;
+        let in_spec = p
+            .publisher
+            .rtc
+            .codec_config()
+            .params()
+            .iter()
+            .find(|c| c.pt() == in_pt)
+            .copied();
+
+        for &sub in &self.fanout {
+            let Some(s) = self.participants.get_mut(&sub) else {
+                continue;
+            };
+            let Some(out) = s
+                .outs
+                .iter_mut()
+                .find(|o| o.source == (key, mid) && o.state == OutState::Open)
+            else {
+                continue;
+            };
+            let Some(out_mid) = out.mid else { continue };
+            let out_pt = match out.pt_map.iter().find(|(i, _)| *i == in_pt) {
+                Some((_, o)) => *o,
+                None => {
+                    let Some(spec) = in_spec else { continue };
+                    let Some(o) =
+                        map_payload_type(&[spec], s.subscriber.rtc.codec_config().params(), in_pt)
+                    else {
+                        continue;
+                    };
+                    out.pt_map.push((in_pt, o));
+                    o
+                }
+            };
+            let Some(seq) = out.seq.map(pkt.seq_no) else {
+                continue;
+            };
+            let mut api = s.subscriber.rtc.direct_api();
+            let Some(stream) = api.stream_tx_by_mid(out_mid, None) else {
+                continue;
+            };
+            let ext = ExtensionValues {
+                audio_level: pkt.header.ext_vals.audio_level,
+                voice_activity: pkt.header.ext_vals.voice_activity,
+                video_orientation: pkt.header.ext_vals.video_orientation,
+                ..Default::default()
+            };
+            stream.write_rtp(
+                RtpWrite::new(
+                    out_pt,
+                    seq,
+                    pkt.header.timestamp,
+                    pkt.timestamp,
+                    pkt.payload.clone(),
+                )
+                .marker(pkt.header.marker)
+                .ext_vals(ext)
+                .nackable(kind == TrackKind::Video),
+            );
+            self.stats.rtp_forwarded += 1;
+            self.dirty.push((sub, PeerTarget::Subscriber));
+        }
+    }
+}
+
+/// Mark every subscriber copy whose source matches for removal at the next negotiation.
+fn stop_outs(outs: &mut Vec<TrackOut>, matches: impl Fn((u64, Mid)) -> bool) {
+    outs.retain_mut(|o| {
+        if !matches(o.source) {
+            return true;
+        }
+        match o.state {
+            // Never offered: just forget it.
+            OutState::ToOpen => false,
+            OutState::Negotiating | OutState::Open => {
+                o.state = OutState::ToStop;
+                true
+            }
+            OutState::ToStop | OutState::Stopping => true,
+        }
+    });
+}

@@ -1,0 +1,21 @@
+//! The media plane of the consultation engine.
+//!
+//! One UDP socket carries every participant's ICE, DTLS and SRTP. Each participant has two
+//! server-side peers (str0m `Rtc` in ICE-lite + RTP mode): a *publisher* peer on which the
+//! client offers the tracks it sends, and a *subscriber* peer on which the server offers the
+//! tracks of the other admitted participants of the same room.
+//!
+//! - [`engine::Engine`] is the core: it takes datagrams, commands and timeouts with an
+//!   `Instant`, and hands datagrams to send to a [`engine::Transmit`] sink. No socket, no clock.
+//! - [`runner`] is the thin I/O shell: a tokio task owning the socket and the timers.
+//! - [`api`] is the narrow interface the signaling server uses ([`SfuHandle`]).
+
+pub mod api;
+mod demux;
+pub mod engine;
+mod peer;
+pub mod runner;
+mod track;
+
+pub use api::{SfuError, SfuEvent, SfuHandle};
+pub use runner::{start, SfuConfig};

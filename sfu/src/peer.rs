@@ -1,0 +1,49 @@
+//! One server-side peer connection (a str0m `Rtc` in ICE-lite + RTP mode).
+
+use std::net::SocketAddr;
+use std::time::Instant;
+use str0m::format::CodecConfig;
+use str0m::{Candidate, Rtc};
+
+/// Packets kept per outgoing video stream to answer NACKs (~3 s of 720p at 30 fps).
+const SEND_BUFFER_VIDEO: usize = 1000;
+const SEND_BUFFER_AUDIO: usize = 100;
+
+pub struct Peer {
+    pub rtc: Rtc,
+    pub ufrag: String,
+    /// When str0m next wants `Input::Timeout`.
+    pub next_timeout: Instant,
+    pub connected: bool,
+}
+
+impl Peer {
+    /// A peer advertising `candidate_addr` (the SFU's one UDP address) as its only candidate.
+    pub fn new(now: Instant, candidate_addr: SocketAddr) -> Result<Peer, String> {
+        let mut config = Rtc::builder()
+            .set_ice_lite(true)
+            .set_rtp_mode(true)
+            .set_send_buffer_video(SEND_BUFFER_VIDEO)
+            .set_send_buffer_audio(SEND_BUFFER_AUDIO);
+        // Only codecs every peer can forward to every other: Opus, VP8, H.264.
+        *config.codec_config() = forwardable_codecs();
+        let mut rtc = config.build(now);
+        let candidate = Candidate::host(candidate_addr, "udp").map_err(|e| e.to_string())?;
+        rtc.add_local_candidate(candidate);
+        let ufrag = rtc.direct_api().local_ice_credentials().ufrag;
+        Ok(Peer {
+            rtc,
+            ufrag,
+            next_timeout: now,
+            connected: false,
+        })
+    }
+}
+
+fn forwardable_codecs() -> CodecConfig {
+    let mut c = CodecConfig::empty();
+    c.enable_opus(true, false);
+    c.enable_vp8(true);
+    c.enable_h264(true);
+    c
+}

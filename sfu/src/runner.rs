@@ -1,0 +1,95 @@
+//! The I/O shell around [`Engine`]: one tokio task owning the UDP socket and the clock.
+
+use crate::api::{Command, SfuHandle};
+use crate::engine::Engine;
+use std::io;
+use std::net::SocketAddr;
+use std::time::Instant;
+use tokio::net::UdpSocket;
+use tokio::sync::mpsc;
+use tracing::{info, warn};
+
+/// Configuration of the media plane.
+#[derive(Debug, Clone)]
+pub struct SfuConfig {
+    /// Where the UDP socket binds (port 0 picks a free one).
+    pub bind: SocketAddr,
+    /// The address advertised to clients as the ICE candidate. Defaults to `bind` (with the
+    /// bound port), which must then not be an unspecified address such as `0.0.0.0`.
+    pub public_addr: Option<SocketAddr>,
+}
+
+impl Default for SfuConfig {
+    fn default() -> Self {
+        SfuConfig {
+            bind: SocketAddr::from(([127, 0, 0, 1], 0)),
+            public_addr: None,
+        }
+    }
+}
+
+/// Bind the socket and spawn the media loop on the current tokio runtime.
+pub async fn start(config: SfuConfig) -> io::Result<SfuHandle> {
+    let socket = UdpSocket::bind(config.bind).await?;
+    let local = socket.local_addr()?;
+    let advertised = match config.public_addr {
+        Some(mut a) => {
+            if a.port() == 0 {
+                a.set_port(local.port());
+            }
+            a
+        }
+        None if local.ip().is_unspecified() => {
+            return Err(io::Error::new(
+                io::ErrorKind::InvalidInput,
+                "the SFU binds an unspecified address: set its public address",
+            ))
+        }
+        None => local,
+    };
+    let (commands, rx) = mpsc::unbounded_channel();
+    info!(%local, %advertised, "SFU listening on UDP");
+    tokio::spawn(run(socket, Engine::new(advertised), rx));
+    Ok(SfuHandle {
+        commands,
+        local_addr: local,
+    })
+}
+
+async fn run(
+    socket: UdpSocket,
+    mut engine: Engine,
+    mut commands: mpsc::UnboundedReceiver<Command>,
+) {
+    let mut buf = vec![0u8; 2048];
+    // Sends never wait: a full socket buffer drops the datagram, as the network would.
+    let mut send = |to: SocketAddr, data: &[u8]| {
+        if let Err(e) = socket.try_send_to(data, to) {
+            if e.kind() != io::ErrorKind::WouldBlock {
+                warn!(%to, "UDP send failed: {e}");
+            }
+        }
+    };
+    loop {
+        let deadline = engine.next_timeout(Instant::now());
+        tokio::select! {
+            r = socket.recv_from(&mut buf) => match r {
+                Ok((n, source)) => engine.handle_datagram(Instant::now(), source, &buf[..n], &mut send),
+                // ICMP port unreachable and the like surface here on some systems: not fatal.
+                Err(e) => warn!("UDP receive failed: {e}"),
+            },
+            cmd = commands.recv() => match cmd {
+                Some(cmd) => engine.handle_command(Instant::now(), cmd, &mut send),
+                None => {
+                    info!("SFU stopping: no more handles");
+                    return;
+                }
+            },
+            _ = tokio::time::sleep_until(deadline.into()) => {}
+        }
+        let now = Instant::now();
+        if engine.next_timeout(now) <= now {
+            engine.handle_timeout(now, &mut send);
+        }
+    }
+}
