@@ -87,10 +87,12 @@ pub struct ParticipantInfo {
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(tag = "type", rename_all = "snake_case")]
 pub enum ClientMsg {
-    /// First message on a connection.
+    /// First message on a connection. `room`, if given, must be the token's room.
     Join {
         version: u32,
         token: String,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        room: Option<String>,
     },
     /// SDP offer of the publisher connection, with what each sending m-line carries.
     /// Tracks missing from the list (or m-lines no longer sending) are unpublished.

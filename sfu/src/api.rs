@@ -102,46 +102,62 @@ impl SfuHandle {
         self.commands.send(cmd).map_err(|_| SfuError::Stopped)
     }
 
-    pub async fn join(
+    // Each call enqueues its command before returning, so commands reach the SFU in call
+    // order even when the returned futures are awaited later (or elsewhere).
+
+    pub fn join(
         &self,
         room: &str,
         participant: &str,
         events: mpsc::UnboundedSender<SfuEvent>,
-    ) -> Result<(), SfuError> {
+    ) -> impl std::future::Future<Output = Result<(), SfuError>> + Send + 'static {
         let (reply, rx) = oneshot::channel();
-        self.send(Command::Join {
+        let sent = self.send(Command::Join {
             room: room.to_owned(),
             participant: participant.to_owned(),
             events,
             reply,
-        })?;
-        rx.await.map_err(|_| SfuError::Stopped)?
+        });
+        async move {
+            sent?;
+            rx.await.map_err(|_| SfuError::Stopped)?
+        }
     }
 
-    pub async fn publish_offer(
+    pub fn publish_offer(
         &self,
         participant: &str,
         sdp: String,
         tracks: Vec<PublishedTrack>,
-    ) -> Result<String, SfuError> {
+    ) -> impl std::future::Future<Output = Result<String, SfuError>> + Send + 'static {
         let (reply, rx) = oneshot::channel();
-        self.send(Command::PublishOffer {
+        let sent = self.send(Command::PublishOffer {
             participant: participant.to_owned(),
             sdp,
             tracks,
             reply,
-        })?;
-        rx.await.map_err(|_| SfuError::Stopped)?
+        });
+        async move {
+            sent?;
+            rx.await.map_err(|_| SfuError::Stopped)?
+        }
     }
 
-    pub async fn subscriber_answer(&self, participant: &str, sdp: String) -> Result<(), SfuError> {
+    pub fn subscriber_answer(
+        &self,
+        participant: &str,
+        sdp: String,
+    ) -> impl std::future::Future<Output = Result<(), SfuError>> + Send + 'static {
         let (reply, rx) = oneshot::channel();
-        self.send(Command::SubscriberAnswer {
+        let sent = self.send(Command::SubscriberAnswer {
             participant: participant.to_owned(),
             sdp,
             reply,
-        })?;
-        rx.await.map_err(|_| SfuError::Stopped)?
+        });
+        async move {
+            sent?;
+            rx.await.map_err(|_| SfuError::Stopped)?
+        }
     }
 
     pub fn candidate(&self, participant: &str, target: PeerTarget, candidate: String) {

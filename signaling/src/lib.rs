@@ -1,1 +1,16 @@
+//! The control plane: access tokens, consultation rooms with their waiting room, the
+//! WebSocket protocol (`docs/protocol.md`), the audit trail, and the server that runs it all
+//! together with the SFU.
 
+pub mod audit;
+pub mod config;
+pub mod http;
+pub mod hub;
+pub mod room;
+pub mod server;
+pub mod tls;
+pub mod token;
+pub mod ws;
+
+pub use config::Config;
+pub use server::{start, RunningServer};

@@ -1,1 +1,161 @@
-fn main() {}
+//! `consult-server`: the whole engine (signaling + SFU + web client) in one process.
+
+use clap::{Parser, Subcommand};
+use consult_protocol::{CompanionKind, Role};
+use consult_signaling::token::{unix_now, Grant, TokenService};
+use consult_signaling::Config;
+use std::net::{IpAddr, SocketAddr};
+use std::path::PathBuf;
+
+#[derive(Parser)]
+#[command(
+    version,
+    about = "Teleconsultation engine: signaling, SFU and web client in one process"
+)]
+struct Cli {
+    /// Optional TOML configuration file (keys as in `Config`); flags override it.
+    #[arg(long, env = "CONSULT_CONFIG")]
+    config: Option<PathBuf>,
+    #[arg(long, env = "CONSULT_HTTP_BIND")]
+    http_bind: Option<SocketAddr>,
+    #[arg(long, env = "CONSULT_UDP_BIND")]
+    udp_bind: Option<SocketAddr>,
+    /// Address clients reach the UDP port at (needed when udp-bind is 0.0.0.0).
+    #[arg(long, env = "CONSULT_PUBLIC_IP")]
+    public_ip: Option<IpAddr>,
+    /// Base URL used in join links.
+    #[arg(long, env = "CONSULT_PUBLIC_URL")]
+    public_url: Option<String>,
+    #[arg(long, env = "CONSULT_API_KEY")]
+    api_key: Option<String>,
+    #[arg(long, env = "CONSULT_API_SECRET", hide_env_values = true)]
+    api_secret: Option<String>,
+    #[arg(long, env = "CONSULT_TLS_CERT")]
+    tls_cert: Option<PathBuf>,
+    #[arg(long, env = "CONSULT_TLS_KEY")]
+    tls_key: Option<PathBuf>,
+    /// Plain HTTP instead of HTTPS (loopback only).
+    #[arg(long, env = "CONSULT_INSECURE_HTTP")]
+    insecure_http: bool,
+    #[arg(long, env = "CONSULT_DATA_DIR")]
+    data_dir: Option<PathBuf>,
+    #[command(subcommand)]
+    command: Option<Cmd>,
+}
+
+#[derive(Subcommand)]
+enum Cmd {
+    /// Run the server (the default).
+    Serve,
+    /// Print an access token for local use.
+    Token {
+        #[arg(long)]
+        room: String,
+        #[arg(long)]
+        identity: String,
+        #[arg(long)]
+        name: String,
+        #[arg(long, value_parser = parse_role)]
+        role: Role,
+        #[arg(long, value_parser = parse_companion)]
+        companion_kind: Option<CompanionKind>,
+        /// Lifetime in seconds.
+        #[arg(long, default_value_t = 4 * 3600)]
+        ttl: u64,
+    },
+}
+
+fn parse_role(s: &str) -> Result<Role, String> {
+    serde_json::from_value(serde_json::Value::String(s.to_owned()))
+        .map_err(|_| "one of patient, companion, physician".to_owned())
+}
+
+fn parse_companion(s: &str) -> Result<CompanionKind, String> {
+    serde_json::from_value(serde_json::Value::String(s.to_owned()))
+        .map_err(|_| "one of nurse, pharmacist, carer".to_owned())
+}
+
+fn config(cli: &Cli) -> anyhow::Result<Config> {
+    let mut c = match &cli.config {
+        Some(path) => Config::from_toml(&std::fs::read_to_string(path)?)?,
+        None => Config::default(),
+    };
+    if let Some(v) = cli.http_bind {
+        c.http_bind = v;
+    }
+    if let Some(v) = cli.udp_bind {
+        c.udp_bind = v;
+    }
+    if let Some(v) = cli.public_ip {
+        c.public_ip = Some(v);
+    }
+    if let Some(v) = &cli.public_url {
+        c.public_url = Some(v.clone());
+    }
+    if let Some(v) = &cli.api_key {
+        c.api_key = v.clone();
+    }
+    if let Some(v) = &cli.api_secret {
+        c.api_secret = v.clone();
+    }
+    if let Some(v) = &cli.tls_cert {
+        c.tls_cert = Some(v.clone());
+    }
+    if let Some(v) = &cli.tls_key {
+        c.tls_key = Some(v.clone());
+    }
+    if cli.insecure_http {
+        c.insecure_http = true;
+    }
+    if let Some(v) = &cli.data_dir {
+        c.data_dir = v.clone();
+    }
+    Ok(c)
+}
+
+#[tokio::main]
+async fn main() -> anyhow::Result<()> {
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env()
+                .unwrap_or_else(|_| "info,str0m=warn,webrtc=warn".into()),
+        )
+        .init();
+    let cli = Cli::parse();
+    let config = config(&cli)?;
+    match cli.command {
+        Some(Cmd::Token {
+            room,
+            identity,
+            name,
+            role,
+            companion_kind,
+            ttl,
+        }) => {
+            let tokens = TokenService::new(&config.api_key, &config.api_secret);
+            let (token, _) = tokens.mint(
+                &Grant {
+                    room: &room,
+                    identity: &identity,
+                    name: &name,
+                    role,
+                    companion_kind,
+                },
+                unix_now(),
+                ttl,
+            );
+            println!("{token}");
+            Ok(())
+        }
+        Some(Cmd::Serve) | None => {
+            let server = consult_signaling::start(config).await?;
+            println!(
+                "Consultation server: {} (media on UDP {})",
+                server.base_url, server.udp_addr
+            );
+            tokio::signal::ctrl_c().await?;
+            server.shutdown();
+            Ok(())
+        }
+    }
+}

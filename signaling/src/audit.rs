@@ -1,0 +1,185 @@
+//! Append-only audit trail in embedded SQLite.
+//!
+//! Writes go through one writer thread (callers never wait on disk); a read first waits until
+//! everything recorded before it is written, so it sees a consistent trail. UPDATE and DELETE
+//! are refused by triggers: the table only grows.
+
+use consult_protocol::AuditRecord;
+use rusqlite::{params, Connection, OpenFlags};
+use serde_json::Value;
+use std::path::{Path, PathBuf};
+use std::sync::mpsc;
+use std::time::{SystemTime, UNIX_EPOCH};
+use tracing::error;
+
+const SCHEMA: &str = "
+CREATE TABLE IF NOT EXISTS audit (
+    seq    INTEGER PRIMARY KEY AUTOINCREMENT,
+    ts_ms  INTEGER NOT NULL,
+    room   TEXT NOT NULL,
+    actor  TEXT,
+    action TEXT NOT NULL,
+    target TEXT,
+    detail TEXT NOT NULL
+);
+CREATE INDEX IF NOT EXISTS audit_room ON audit(room, seq);
+CREATE TRIGGER IF NOT EXISTS audit_no_update BEFORE UPDATE ON audit
+    BEGIN SELECT RAISE(ABORT, 'audit trail is append-only'); END;
+CREATE TRIGGER IF NOT EXISTS audit_no_delete BEFORE DELETE ON audit
+    BEGIN SELECT RAISE(ABORT, 'audit trail is append-only'); END;
+";
+
+enum Job {
+    Record {
+        ts_ms: i64,
+        room: String,
+        actor: Option<String>,
+        action: String,
+        target: Option<String>,
+        detail: Value,
+    },
+    Flush(tokio::sync::oneshot::Sender<()>),
+}
+
+#[derive(Clone)]
+pub struct AuditLog {
+    path: PathBuf,
+    jobs: mpsc::Sender<Job>,
+}
+
+fn now_ms() -> i64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_millis() as i64)
+        .unwrap_or(0)
+}
+
+impl AuditLog {
+    /// Open (or create) the trail at `path` and start its writer thread.
+    pub fn open(path: &Path) -> anyhow::Result<AuditLog> {
+        if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
+            std::fs::create_dir_all(dir)?;
+        }
+        let conn = Connection::open(path)?;
+        conn.pragma_update(None, "journal_mode", "WAL")?;
+        conn.pragma_update(None, "synchronous", "NORMAL")?;
+        conn.execute_batch(SCHEMA)?;
+        let (jobs, rx) = mpsc::channel();
+        std::thread::Builder::new()
+            .name("audit-writer".into())
+            .spawn(move || writer(conn, rx))?;
+        Ok(AuditLog {
+            path: path.to_owned(),
+            jobs,
+        })
+    }
+
+    pub fn record(
+        &self,
+        room: &str,
+        actor: Option<&str>,
+        action: &str,
+        target: Option<&str>,
+        detail: Value,
+    ) {
+        let job = Job::Record {
+            ts_ms: now_ms(),
+            room: room.to_owned(),
+            actor: actor.map(str::to_owned),
+            action: action.to_owned(),
+            target: target.map(str::to_owned),
+            detail,
+        };
+        if self.jobs.send(job).is_err() {
+            error!("audit writer is gone: record lost");
+        }
+    }
+
+    /// Every record of `room` (all rooms if `None`), oldest first.
+    pub async fn read(&self, room: Option<&str>) -> anyhow::Result<Vec<AuditRecord>> {
+        let (done, wait) = tokio::sync::oneshot::channel();
+        self.jobs
+            .send(Job::Flush(done))
+            .map_err(|_| anyhow::anyhow!("audit writer is gone"))?;
+        wait.await?;
+        let path = self.path.clone();
+        let room = room.map(str::to_owned);
+        tokio::task::spawn_blocking(move || read_records(&path, room.as_deref())).await?
+    }
+}
+
+fn writer(conn: Connection, jobs: mpsc::Receiver<Job>) {
+    for job in jobs {
+        match job {
+            Job::Record {
+                ts_ms,
+                room,
+                actor,
+                action,
+                target,
+                detail,
+            } => {
+                let r = conn.execute(
+                    "INSERT INTO audit (ts_ms, room, actor, action, target, detail)
+                     VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
+                    params![ts_ms, room, actor, action, target, detail.to_string()],
+                );
+                if let Err(e) = r {
+                    error!("audit write failed: {e}");
+                }
+            }
+            Job::Flush(done) => {
+                let _ = done.send(());
+            }
+        }
+    }
+}
+
+fn read_records(path: &Path, room: Option<&str>) -> anyhow::Result<Vec<AuditRecord>> {
+    let conn = Connection::open_with_flags(path, OpenFlags::SQLITE_OPEN_READ_ONLY)?;
+    let mut stmt = conn.prepare(
+        "SELECT seq, ts_ms, room, actor, action, target, detail FROM audit
+         WHERE ?1 IS NULL OR room = ?1 ORDER BY seq",
+    )?;
+    let rows = stmt.query_map(params![room], |r| {
+        let detail: String = r.get(6)?;
+        Ok(AuditRecord {
+            seq: r.get(0)?,
+            ts_ms: r.get(1)?,
+            room: r.get(2)?,
+            actor: r.get(3)?,
+            action: r.get(4)?,
+            target: r.get(5)?,
+            detail: serde_json::from_str(&detail).unwrap_or(Value::String(detail)),
+        })
+    })?;
+    Ok(rows.collect::<Result<_, _>>()?)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    #[tokio::test]
+    async fn records_are_read_back_in_order_and_cannot_be_changed() {
+        let dir = std::env::temp_dir().join(format!("audit-test-{}", rand::random::<u64>()));
+        let path = dir.join("audit.db");
+        let log = AuditLog::open(&path).unwrap();
+        log.record("a", Some("doc"), "join", None, json!({"x": 1}));
+        log.record("b", Some("pat"), "join", None, json!({}));
+        log.record("a", Some("doc"), "admit", Some("pat"), json!({}));
+        let a = log.read(Some("a")).await.unwrap();
+        assert_eq!(
+            a.iter().map(|r| r.action.as_str()).collect::<Vec<_>>(),
+            ["join", "admit"]
+        );
+        assert_eq!(a[0].detail, json!({"x": 1}));
+        assert_eq!(log.read(None).await.unwrap().len(), 3);
+
+        let conn = Connection::open(&path).unwrap();
+        assert!(conn.execute("DELETE FROM audit", []).is_err());
+        assert!(conn.execute("UPDATE audit SET action = 'x'", []).is_err());
+        std::fs::remove_dir_all(dir).ok();
+    }
+}

@@ -1,0 +1,119 @@
+//! Server configuration: embedded defaults, an optional TOML file, then flags and environment.
+
+use serde::Deserialize;
+use std::net::{IpAddr, SocketAddr};
+use std::path::PathBuf;
+
+/// The development API secret. Fine on loopback; the server refuses it on a public address.
+pub const DEV_API_SECRET: &str = "dev-secret-change-me";
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct Config {
+    /// HTTPS (and WebSocket) listen address.
+    pub http_bind: SocketAddr,
+    /// The media plane's one UDP port.
+    pub udp_bind: SocketAddr,
+    /// Address advertised to clients for media when `udp_bind` is `0.0.0.0` or behind NAT.
+    pub public_ip: Option<IpAddr>,
+    /// Base URL put in join links (default: derived from `http_bind`).
+    pub public_url: Option<String>,
+    pub api_key: String,
+    pub api_secret: String,
+    /// PEM certificate chain and key for HTTPS. Without them a self-signed development
+    /// certificate is generated in `data_dir` on first start.
+    pub tls_cert: Option<PathBuf>,
+    pub tls_key: Option<PathBuf>,
+    /// Serve plain HTTP: allowed only when `http_bind` is a loopback address.
+    pub insecure_http: bool,
+    /// Where the audit trail and generated certificates live.
+    pub data_dir: PathBuf,
+    /// Default lifetime of minted tokens.
+    pub token_ttl_secs: u64,
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Config {
+            http_bind: SocketAddr::from(([127, 0, 0, 1], 8443)),
+            udp_bind: SocketAddr::from(([127, 0, 0, 1], 50000)),
+            public_ip: None,
+            public_url: None,
+            api_key: "devkey".into(),
+            api_secret: DEV_API_SECRET.into(),
+            tls_cert: None,
+            tls_key: None,
+            insecure_http: false,
+            data_dir: PathBuf::from("data"),
+            token_ttl_secs: 4 * 3600,
+        }
+    }
+}
+
+impl Config {
+    /// A configuration for tests: loopback, ephemeral ports, plain HTTP, its own data dir.
+    pub fn for_tests(data_dir: PathBuf) -> Config {
+        Config {
+            http_bind: SocketAddr::from(([127, 0, 0, 1], 0)),
+            udp_bind: SocketAddr::from(([127, 0, 0, 1], 0)),
+            insecure_http: true,
+            data_dir,
+            ..Config::default()
+        }
+    }
+
+    pub fn from_toml(text: &str) -> anyhow::Result<Config> {
+        Ok(toml::from_str(text)?)
+    }
+
+    /// Refuse configurations that would expose an insecure server.
+    pub fn validate(&self) -> anyhow::Result<()> {
+        let loopback = self.http_bind.ip().is_loopback();
+        if self.insecure_http && !loopback {
+            anyhow::bail!("plain HTTP is only allowed on a loopback address");
+        }
+        if self.api_secret == DEV_API_SECRET && !loopback {
+            anyhow::bail!("set a real api_secret before binding a non-loopback address");
+        }
+        if self.api_secret.len() < 16 {
+            anyhow::bail!("api_secret must be at least 16 characters");
+        }
+        if self.tls_cert.is_some() != self.tls_key.is_some() {
+            anyhow::bail!("tls_cert and tls_key go together");
+        }
+        if self.udp_bind.ip().is_unspecified() && self.public_ip.is_none() {
+            anyhow::bail!("udp_bind is unspecified: set public_ip to the address clients reach");
+        }
+        Ok(())
+    }
+
+    pub fn audit_db(&self) -> PathBuf {
+        self.data_dir.join("audit.db")
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn toml_overrides_defaults_and_rejects_unknown_keys() {
+        let c = Config::from_toml("api_key = \"k\"\ntoken_ttl_secs = 60\n").unwrap();
+        assert_eq!(c.api_key, "k");
+        assert_eq!(c.token_ttl_secs, 60);
+        assert_eq!(c.http_bind, Config::default().http_bind);
+        assert!(Config::from_toml("nope = 1").is_err());
+    }
+
+    #[test]
+    fn insecure_settings_are_refused_off_loopback() {
+        let mut c = Config::default();
+        c.validate().unwrap();
+        c.http_bind = "0.0.0.0:8443".parse().unwrap();
+        assert!(c.validate().is_err(), "dev secret on a public address");
+        c.api_secret = "a-long-production-secret".into();
+        c.validate().unwrap();
+        c.insecure_http = true;
+        assert!(c.validate().is_err(), "plain HTTP on a public address");
+    }
+}

@@ -1,0 +1,303 @@
+//! HTTP API: token minting, consultation creation with join links, audit trail, health.
+
+use crate::server::AppState;
+use crate::token::{unix_now, Grant};
+use crate::ws::run_session;
+use axum::body::Bytes;
+use axum::extract::{Query, State, WebSocketUpgrade};
+use axum::http::{header, HeaderMap, StatusCode};
+use axum::response::{Html, IntoResponse, Response};
+use axum::routing::{get, post};
+use axum::{Json, Router};
+use consult_protocol::{
+    ApiError, ConsultationCreated, CreateConsultation, ErrorCode, Invitee, JoinLink, Role,
+    TokenClaims, TokenRequest, TokenResponse,
+};
+use serde::de::DeserializeOwned;
+use serde::Deserialize;
+use sha2::{Digest, Sha256};
+use std::sync::Arc;
+
+/// Longest token lifetime the API mints.
+const MAX_TTL_SECS: u64 = 7 * 24 * 3600;
+/// Transport-level WebSocket limit; the protocol's own (smaller) limit answers with an error.
+const WS_TRANSPORT_LIMIT: usize = 1024 * 1024;
+
+pub fn router(state: Arc<AppState>) -> Router {
+    Router::new()
+        .route("/", get(index))
+        .route("/healthz", get(|| async { "ok" }))
+        .route("/ws", get(ws_upgrade))
+        .route("/api/tokens", post(mint_token))
+        .route("/api/consultations", post(create_consultation))
+        .route("/api/audit", get(read_audit))
+        .with_state(state)
+}
+
+/// An error response with a JSON body.
+pub struct HttpError(StatusCode, ErrorCode, String);
+
+impl IntoResponse for HttpError {
+    fn into_response(self) -> Response {
+        let body = ApiError {
+            code: self.1,
+            message: self.2,
+        };
+        (self.0, Json(body)).into_response()
+    }
+}
+
+fn err(status: StatusCode, code: ErrorCode, msg: impl Into<String>) -> HttpError {
+    HttpError(status, code, msg.into())
+}
+
+async fn index() -> Html<&'static str> {
+    Html(include_str!("../../web-client/index.html"))
+}
+
+async fn ws_upgrade(State(state): State<Arc<AppState>>, ws: WebSocketUpgrade) -> Response {
+    ws.max_message_size(WS_TRANSPORT_LIMIT)
+        .max_frame_size(WS_TRANSPORT_LIMIT)
+        .on_upgrade(move |socket| run_session(state, socket))
+}
+
+/// Who is calling the API.
+enum Caller {
+    /// Holder of the API key and secret (a scheduling system, an operator).
+    Api,
+    /// Holder of an access token.
+    Token(TokenClaims),
+}
+
+fn digest(s: &[u8]) -> [u8; 32] {
+    Sha256::digest(s).into()
+}
+
+fn authenticate(state: &AppState, headers: &HeaderMap) -> Result<Caller, HttpError> {
+    let unauthorized = || {
+        err(
+            StatusCode::UNAUTHORIZED,
+            ErrorCode::Unauthorized,
+            "send Basic <api key:secret> or Bearer <access token>",
+        )
+    };
+    let value = headers
+        .get(header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .ok_or_else(unauthorized)?;
+    if let Some(b64) = value.strip_prefix("Basic ") {
+        use base64::Engine as _;
+        let decoded = base64::engine::general_purpose::STANDARD
+            .decode(b64.trim())
+            .map_err(|_| unauthorized())?;
+        let expected = format!("{}:{}", state.config.api_key, state.config.api_secret);
+        // Compare digests so the comparison time does not depend on the secret's prefix.
+        if digest(&decoded) == digest(expected.as_bytes()) {
+            return Ok(Caller::Api);
+        }
+        return Err(unauthorized());
+    }
+    if let Some(token) = value.strip_prefix("Bearer ") {
+        return state
+            .tokens
+            .verify(token.trim())
+            .map(Caller::Token)
+            .map_err(|e| {
+                err(
+                    StatusCode::UNAUTHORIZED,
+                    e.code(),
+                    "the access token is invalid or expired",
+                )
+            });
+    }
+    Err(unauthorized())
+}
+
+fn parse_body<T: DeserializeOwned>(body: &Bytes) -> Result<T, HttpError> {
+    serde_json::from_slice(body).map_err(|e| {
+        let code = if e.is_syntax() || e.is_eof() {
+            ErrorCode::BadJson
+        } else {
+            ErrorCode::BadRequest
+        };
+        err(StatusCode::BAD_REQUEST, code, e.to_string())
+    })
+}
+
+fn check_ttl(state: &AppState, ttl: Option<u64>) -> Result<u64, HttpError> {
+    let ttl = ttl.unwrap_or(state.config.token_ttl_secs);
+    if ttl == 0 || ttl > MAX_TTL_SECS {
+        return Err(err(
+            StatusCode::BAD_REQUEST,
+            ErrorCode::BadRequest,
+            format!("ttl_secs must be between 1 and {MAX_TTL_SECS}"),
+        ));
+    }
+    Ok(ttl)
+}
+
+fn check_text(field: &str, value: &str) -> Result<(), HttpError> {
+    if value.trim().is_empty() || value.len() > 200 {
+        return Err(err(
+            StatusCode::BAD_REQUEST,
+            ErrorCode::BadRequest,
+            format!("{field} must be 1 to 200 characters"),
+        ));
+    }
+    Ok(())
+}
+
+async fn mint_token(
+    State(state): State<Arc<AppState>>,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Result<Json<TokenResponse>, HttpError> {
+    match authenticate(&state, &headers)? {
+        Caller::Api => {}
+        Caller::Token(_) => {
+            return Err(err(
+                StatusCode::FORBIDDEN,
+                ErrorCode::Forbidden,
+                "minting tokens needs the API key and secret",
+            ))
+        }
+    }
+    let req: TokenRequest = parse_body(&body)?;
+    check_text("room", &req.room)?;
+    check_text("identity", &req.identity)?;
+    check_text("name", &req.name)?;
+    let ttl = check_ttl(&state, req.ttl_secs)?;
+    let (token, expires_at) = state.tokens.mint(
+        &Grant {
+            room: &req.room,
+            identity: &req.identity,
+            name: &req.name,
+            role: req.role,
+            companion_kind: req.companion_kind,
+        },
+        unix_now(),
+        ttl,
+    );
+    Ok(Json(TokenResponse { token, expires_at }))
+}
+
+async fn create_consultation(
+    State(state): State<Arc<AppState>>,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Result<Json<ConsultationCreated>, HttpError> {
+    let caller = authenticate(&state, &headers)?;
+    let req: CreateConsultation = parse_body(&body)?;
+    let physician = match (&caller, req.physician) {
+        (Caller::Token(c), _) if c.role != Role::Physician => {
+            return Err(err(
+                StatusCode::FORBIDDEN,
+                ErrorCode::Forbidden,
+                "only a physician (or the API secret) creates consultations",
+            ))
+        }
+        (Caller::Token(c), None) => Invitee {
+            identity: c.sub.clone(),
+            name: c.name.clone(),
+            companion_kind: None,
+        },
+        (_, Some(p)) => p,
+        (Caller::Api, None) => {
+            return Err(err(
+                StatusCode::BAD_REQUEST,
+                ErrorCode::BadRequest,
+                "physician is required",
+            ))
+        }
+    };
+    let ttl = check_ttl(&state, req.ttl_secs)?;
+    let room = format!("c{:016x}", rand::random::<u64>());
+    let now = unix_now();
+    let mut invitees = vec![(Role::Physician, physician), (Role::Patient, req.patient)];
+    if let Some(c) = req.companion {
+        invitees.push((Role::Companion, c));
+    }
+    let mut links = Vec::new();
+    let mut expires_at = now + ttl;
+    for (role, who) in invitees {
+        check_text("identity", &who.identity)?;
+        check_text("name", &who.name)?;
+        let (token, exp) = state.tokens.mint(
+            &Grant {
+                room: &room,
+                identity: &who.identity,
+                name: &who.name,
+                role,
+                companion_kind: who.companion_kind.filter(|_| role == Role::Companion),
+            },
+            now,
+            ttl,
+        );
+        expires_at = exp;
+        links.push(JoinLink {
+            role,
+            identity: who.identity,
+            name: who.name,
+            url: format!("{}/?token={token}", state.base_url),
+            token,
+        });
+    }
+    let by = match &caller {
+        Caller::Api => None,
+        Caller::Token(c) => Some(c.sub.as_str()),
+    };
+    state.audit.record(
+        &room,
+        by,
+        "consultation_created",
+        None,
+        serde_json::json!({
+            "participants": links.iter().map(|l| serde_json::json!({"role": l.role, "identity": l.identity})).collect::<Vec<_>>(),
+            "expires_at": expires_at,
+        }),
+    );
+    Ok(Json(ConsultationCreated {
+        room,
+        expires_at,
+        links,
+    }))
+}
+
+#[derive(Deserialize)]
+struct AuditQuery {
+    room: Option<String>,
+}
+
+async fn read_audit(
+    State(state): State<Arc<AppState>>,
+    headers: HeaderMap,
+    Query(q): Query<AuditQuery>,
+) -> Result<Response, HttpError> {
+    match authenticate(&state, &headers)? {
+        Caller::Api => {}
+        Caller::Token(c) => {
+            if c.role != Role::Physician {
+                return Err(err(
+                    StatusCode::FORBIDDEN,
+                    ErrorCode::Forbidden,
+                    "only physicians read the audit trail",
+                ));
+            }
+            if q.room.as_deref() != Some(c.room.as_str()) {
+                return Err(err(
+                    StatusCode::FORBIDDEN,
+                    ErrorCode::WrongRoom,
+                    "a token reads the audit trail of its own consultation only",
+                ));
+            }
+        }
+    }
+    let records = state.audit.read(q.room.as_deref()).await.map_err(|e| {
+        err(
+            StatusCode::INTERNAL_SERVER_ERROR,
+            ErrorCode::Internal,
+            e.to_string(),
+        )
+    })?;
+    Ok(Json(records).into_response())
+}

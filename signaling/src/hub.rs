@@ -1,0 +1,120 @@
+//! The registry of live rooms and sessions, and the executor of room effects.
+
+use crate::audit::AuditLog;
+use crate::room::{Effect, Input, Refusal, Room};
+use consult_protocol::{ParticipantId, ServerMsg};
+use consult_sfu::{SfuEvent, SfuHandle};
+use dashmap::DashMap;
+use std::sync::{Arc, Mutex};
+use tokio::sync::mpsc;
+use tracing::{debug, warn};
+
+/// What a session's writer task is told to do.
+#[derive(Debug)]
+pub enum Outbound {
+    Msg(ServerMsg),
+    Close,
+}
+
+/// How the hub reaches one connected participant.
+pub struct SessionHandle {
+    pub out: mpsc::Sender<Outbound>,
+    pub sfu_events: mpsc::UnboundedSender<SfuEvent>,
+}
+
+pub struct Hub {
+    // Rooms are kept once created (an ended room must keep refusing joins); a room is a
+    // few hundred bytes, so this is bounded by the number of consultations held.
+    rooms: DashMap<String, Arc<Mutex<Room>>>,
+    sessions: DashMap<ParticipantId, SessionHandle>,
+    sfu: SfuHandle,
+    audit: AuditLog,
+}
+
+impl Hub {
+    pub fn new(sfu: SfuHandle, audit: AuditLog) -> Hub {
+        Hub {
+            rooms: DashMap::new(),
+            sessions: DashMap::new(),
+            sfu,
+            audit,
+        }
+    }
+
+    pub fn sfu(&self) -> &SfuHandle {
+        &self.sfu
+    }
+
+    pub fn register(&self, id: ParticipantId, session: SessionHandle) {
+        self.sessions.insert(id, session);
+    }
+
+    pub fn unregister(&self, id: &str) {
+        self.sessions.remove(id);
+    }
+
+    fn room(&self, name: &str) -> Arc<Mutex<Room>> {
+        // Clone the Arc out so no map lock is held while the room is locked.
+        self.rooms
+            .entry(name.to_owned())
+            .or_insert_with(|| Arc::new(Mutex::new(Room::new(name))))
+            .clone()
+    }
+
+    pub fn is_admitted(&self, room: &str, id: &str) -> bool {
+        let Some(r) = self.rooms.get(room).map(|r| r.clone()) else {
+            return false;
+        };
+        let admitted = r.lock().map(|r| r.is_admitted(id)).unwrap_or(false);
+        admitted
+    }
+
+    /// Run one input through the room and carry out its effects, in order, under the room's
+    /// lock (every effect is non-blocking), so each room's messages keep their order.
+    pub fn input(&self, room: &str, input: Input) -> Result<(), Refusal> {
+        let r = self.room(room);
+        let mut r = r.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
+        let effects = r.handle(input)?;
+        for e in effects {
+            self.apply(room, e);
+        }
+        Ok(())
+    }
+
+    fn apply(&self, room: &str, effect: Effect) {
+        match effect {
+            Effect::Send { to, msg } => self.send(&to, Outbound::Msg(msg)),
+            Effect::Close { to } => self.send(&to, Outbound::Close),
+            Effect::StartMedia { id } => {
+                let Some(events) = self.sessions.get(&id).map(|s| s.sfu_events.clone()) else {
+                    return;
+                };
+                let joined = self.sfu.join(room, &id, events);
+                tokio::spawn(async move {
+                    if let Err(e) = joined.await {
+                        warn!(participant = id, "media session not created: {e}");
+                    }
+                });
+            }
+            Effect::StopMedia { id } => self.sfu.leave(&id),
+            Effect::Audit {
+                actor,
+                action,
+                target,
+                detail,
+            } => self
+                .audit
+                .record(room, actor.as_deref(), action, target.as_deref(), detail),
+        }
+    }
+
+    fn send(&self, to: &str, msg: Outbound) {
+        let Some(s) = self.sessions.get(to) else {
+            debug!(participant = to, "no session for message");
+            return;
+        };
+        if let Err(e) = s.out.try_send(msg) {
+            warn!(participant = to, "session queue full or closed: {e}");
+        }
+    }
+}

@@ -1,0 +1,98 @@
+//! Starting the whole engine in one process: SFU, hub, HTTP(S) + WebSocket.
+
+use crate::audit::AuditLog;
+use crate::config::Config;
+use crate::hub::Hub;
+use crate::token::TokenService;
+use consult_sfu::{SfuConfig, SfuHandle};
+use std::net::SocketAddr;
+use std::sync::Arc;
+use tracing::info;
+
+/// What every request handler and session shares.
+pub struct AppState {
+    pub config: Config,
+    pub tokens: TokenService,
+    pub audit: AuditLog,
+    pub hub: Hub,
+    /// Base URL of the web client, for join links.
+    pub base_url: String,
+}
+
+/// A started server. Dropping it does not stop it; call [`RunningServer::shutdown`].
+pub struct RunningServer {
+    pub http_addr: SocketAddr,
+    pub udp_addr: SocketAddr,
+    pub base_url: String,
+    pub state: Arc<AppState>,
+    handle: axum_server::Handle<SocketAddr>,
+}
+
+impl RunningServer {
+    pub fn sfu(&self) -> &SfuHandle {
+        self.state.hub.sfu()
+    }
+
+    pub fn shutdown(&self) {
+        self.handle.shutdown();
+    }
+}
+
+pub async fn start(config: Config) -> anyhow::Result<RunningServer> {
+    config.validate()?;
+    // rustls needs one process-wide crypto provider; several crates in the tree enable one.
+    let _ = rustls::crypto::aws_lc_rs::default_provider().install_default();
+
+    let sfu = consult_sfu::start(SfuConfig {
+        bind: config.udp_bind,
+        public_addr: config.public_ip.map(|ip| SocketAddr::new(ip, 0)),
+    })
+    .await?;
+    let audit = AuditLog::open(&config.audit_db())?;
+    let tls = if config.insecure_http {
+        None
+    } else {
+        Some(crate::tls::load_or_generate(&config)?)
+    };
+
+    let handle = axum_server::Handle::new();
+    let scheme = if tls.is_some() { "https" } else { "http" };
+    let listener = std::net::TcpListener::bind(config.http_bind)?;
+    listener.set_nonblocking(true)?;
+    let http_addr = listener.local_addr()?;
+    let base_url = config
+        .public_url
+        .clone()
+        .unwrap_or_else(|| format!("{scheme}://{http_addr}"))
+        .trim_end_matches('/')
+        .to_owned();
+    let state = Arc::new(AppState {
+        tokens: TokenService::new(&config.api_key, &config.api_secret),
+        hub: Hub::new(sfu.clone(), audit.clone()),
+        audit,
+        base_url: base_url.clone(),
+        config,
+    });
+    let app = crate::http::router(state.clone()).into_make_service();
+    match tls {
+        Some(pair) => {
+            let rustls =
+                axum_server::tls_rustls::RustlsConfig::from_pem(pair.cert_pem, pair.key_pem)
+                    .await?;
+            let server = axum_server::from_tcp_rustls(listener, rustls)?.handle(handle.clone());
+            tokio::spawn(server.serve(app));
+        }
+        None => {
+            let server = axum_server::from_tcp(listener)?.handle(handle.clone());
+            tokio::spawn(server.serve(app));
+        }
+    }
+    info!(%http_addr, udp = %sfu.local_addr(), "consultation server started");
+    Ok(RunningServer {
+        http_addr,
+        udp_addr: sfu.local_addr(),
+        base_url,
+        state,
+        handle,
+    })
+}
