@@ -1,0 +1,292 @@
+//! webrtc-rs peer connections set up the way the engine expects.
+
+use crate::{ClientEvent, Inner, RemoteTrack};
+use anyhow::anyhow;
+use consult_protocol::{TrackKind, TrackLabel};
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+use tokio::sync::mpsc;
+use webrtc::api::interceptor_registry::register_default_interceptors;
+use webrtc::api::media_engine::{MediaEngine, MIME_TYPE_OPUS, MIME_TYPE_VP8};
+use webrtc::api::setting_engine::SettingEngine;
+use webrtc::api::APIBuilder;
+use webrtc::ice::mdns::MulticastDnsMode;
+use webrtc::ice::network_type::NetworkType;
+use webrtc::interceptor::registry::Registry;
+use webrtc::peer_connection::configuration::RTCConfiguration;
+use webrtc::peer_connection::sdp::session_description::RTCSessionDescription;
+use webrtc::peer_connection::RTCPeerConnection;
+use webrtc::rtp_transceiver::rtp_codec::{
+    RTCRtpCodecCapability, RTCRtpCodecParameters, RTPCodecType,
+};
+use webrtc::rtp_transceiver::rtp_transceiver_direction::RTCRtpTransceiverDirection;
+use webrtc::rtp_transceiver::{RTCPFeedback, RTCRtpTransceiver, RTCRtpTransceiverInit};
+use webrtc::track::track_local::track_local_static_rtp::TrackLocalStaticRTP;
+use webrtc::track::track_local::{TrackLocal, TrackLocalWriter};
+
+const PT_OPUS: u8 = 111;
+const PT_VP8: u8 = 96;
+const PT_VP8_RTX: u8 = 97;
+
+fn media_engine() -> anyhow::Result<MediaEngine> {
+    let mut m = MediaEngine::default();
+    m.register_codec(
+        RTCRtpCodecParameters {
+            capability: RTCRtpCodecCapability {
+                mime_type: MIME_TYPE_OPUS.to_owned(),
+                clock_rate: 48000,
+                channels: 2,
+                sdp_fmtp_line: "minptime=10;useinbandfec=1".to_owned(),
+                rtcp_feedback: vec![],
+            },
+            payload_type: PT_OPUS,
+            ..Default::default()
+        },
+        RTPCodecType::Audio,
+    )?;
+    let fb = |typ: &str, parameter: &str| RTCPFeedback {
+        typ: typ.to_owned(),
+        parameter: parameter.to_owned(),
+    };
+    m.register_codec(
+        RTCRtpCodecParameters {
+            capability: RTCRtpCodecCapability {
+                mime_type: MIME_TYPE_VP8.to_owned(),
+                clock_rate: 90000,
+                channels: 0,
+                sdp_fmtp_line: String::new(),
+                rtcp_feedback: vec![
+                    fb("goog-remb", ""),
+                    fb("ccm", "fir"),
+                    fb("nack", ""),
+                    fb("nack", "pli"),
+                ],
+            },
+            payload_type: PT_VP8,
+            ..Default::default()
+        },
+        RTPCodecType::Video,
+    )?;
+    m.register_codec(
+        RTCRtpCodecParameters {
+            capability: RTCRtpCodecCapability {
+                mime_type: "video/rtx".to_owned(),
+                clock_rate: 90000,
+                channels: 0,
+                sdp_fmtp_line: format!("apt={PT_VP8}"),
+                rtcp_feedback: vec![],
+            },
+            payload_type: PT_VP8_RTX,
+            ..Default::default()
+        },
+        RTPCodecType::Video,
+    )?;
+    Ok(m)
+}
+
+pub async fn new_peer_connection() -> anyhow::Result<Arc<RTCPeerConnection>> {
+    let mut m = media_engine()?;
+    let mut registry = Registry::new();
+    // First, so it sits next to the network: see `rtx.rs`.
+    registry.add(Box::new(crate::rtx::RtxRepairBuilder));
+    let registry = register_default_interceptors(registry, &mut m)?;
+    let mut s = SettingEngine::default();
+    s.set_include_loopback_candidate(true);
+    s.set_ice_multicast_dns_mode(MulticastDnsMode::Disabled);
+    s.set_network_types(vec![NetworkType::Udp4, NetworkType::Udp6]);
+    let api = APIBuilder::new()
+        .with_media_engine(m)
+        .with_interceptor_registry(registry)
+        .with_setting_engine(s)
+        .build();
+    Ok(Arc::new(
+        api.new_peer_connection(RTCConfiguration::default()).await?,
+    ))
+}
+
+/// A track this client publishes.
+pub struct LocalTrack {
+    pub label: TrackLabel,
+    pub kind: TrackKind,
+    /// Mid in the publisher offer (set once the offer is made).
+    pub mid: String,
+    pub track: Arc<TrackLocalStaticRTP>,
+    pub rtp: Arc<RTCRtpTransceiver>,
+    clock_rate: u32,
+}
+
+impl LocalTrack {
+    /// Write one RTP packet (SSRC and payload type are set by the connection).
+    pub async fn write(&self, packet: &webrtc::rtp::packet::Packet) -> anyhow::Result<()> {
+        self.track.write_rtp(packet).await?;
+        Ok(())
+    }
+
+    /// Send `count` synthetic packets (see [`crate::synthetic`]) every `interval`, tagged `tag`.
+    /// Returns how many were written.
+    pub fn send_synthetic(
+        &self,
+        tag: u32,
+        count: u32,
+        interval: Duration,
+        size: usize,
+    ) -> tokio::task::JoinHandle<u32> {
+        let track = self.track.clone();
+        let kind = self.kind;
+        let ticks_per_packet =
+            (u64::from(self.clock_rate) * interval.as_micros() as u64 / 1_000_000) as u32;
+        tokio::spawn(async move {
+            let mut tick = tokio::time::interval(interval);
+            tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+            let mut sent = 0;
+            for i in 0..count {
+                tick.tick().await;
+                let payload =
+                    crate::synthetic::make_payload(kind, tag, i, crate::synthetic::now_us(), size);
+                let pkt = webrtc::rtp::packet::Packet {
+                    header: webrtc::rtp::header::Header {
+                        version: 2,
+                        marker: true,
+                        sequence_number: i as u16,
+                        timestamp: i.wrapping_mul(ticks_per_packet),
+                        ..Default::default()
+                    },
+                    payload: payload.into(),
+                };
+                if track.write_rtp(&pkt).await.is_ok() {
+                    sent += 1;
+                }
+            }
+            sent
+        })
+    }
+}
+
+pub async fn add_local_track(
+    pc: &Arc<RTCPeerConnection>,
+    label: TrackLabel,
+) -> anyhow::Result<LocalTrack> {
+    let kind = label.kind();
+    let (mime, clock_rate, channels) = match kind {
+        TrackKind::Audio => (MIME_TYPE_OPUS, 48000, 2),
+        TrackKind::Video => (MIME_TYPE_VP8, 90000, 0),
+    };
+    let track = Arc::new(TrackLocalStaticRTP::new(
+        RTCRtpCodecCapability {
+            mime_type: mime.to_owned(),
+            clock_rate,
+            channels,
+            ..Default::default()
+        },
+        label.as_str().to_owned(),
+        "consult".to_owned(),
+    ));
+    let transceiver = pc
+        .add_transceiver_from_track(
+            track.clone() as Arc<dyn TrackLocal + Send + Sync>,
+            Some(RTCRtpTransceiverInit {
+                direction: RTCRtpTransceiverDirection::Sendonly,
+                send_encodings: vec![],
+            }),
+        )
+        .await?;
+    // RTCP for this sender must be read for the interceptors (NACK responder, reports) to run.
+    let sender = transceiver.sender().await;
+    tokio::spawn(async move {
+        let mut buf = vec![0u8; 1500];
+        while sender.read(&mut buf).await.is_ok() {}
+    });
+    Ok(LocalTrack {
+        label,
+        kind,
+        mid: String::new(),
+        track,
+        rtp: transceiver,
+        clock_rate,
+    })
+}
+
+pub fn mid_of_sender(transceiver: &Arc<RTCRtpTransceiver>) -> anyhow::Result<String> {
+    transceiver
+        .mid()
+        .map(|m| m.to_string())
+        .ok_or_else(|| anyhow!("transceiver has no mid after the offer"))
+}
+
+/// Route incoming tracks to the user, labelled from the latest subscriber offer.
+pub fn on_remote_track(
+    pc: &Arc<RTCPeerConnection>,
+    inner: Arc<Inner>,
+    events: mpsc::UnboundedSender<ClientEvent>,
+) {
+    pc.on_track(Box::new(move |track, _receiver, transceiver| {
+        let inner = inner.clone();
+        let events = events.clone();
+        Box::pin(async move {
+            let Some(mid) = transceiver.mid() else { return };
+            let info = inner
+                .subscribed
+                .lock()
+                .expect("lock")
+                .get(mid.as_str())
+                .cloned();
+            match info {
+                Some(info) => {
+                    let _ = events.send(ClientEvent::Track(RemoteTrack { info, track }));
+                }
+                None => tracing::warn!(%mid, "track on an m-line the server did not describe"),
+            }
+        })
+    }));
+}
+
+/// Answer a subscriber offer; returns the answer SDP (all candidates gathered).
+pub async fn answer(pc: &Arc<RTCPeerConnection>, offer: String) -> anyhow::Result<String> {
+    pc.set_remote_description(RTCSessionDescription::offer(offer)?)
+        .await?;
+    let answer = pc.create_answer(None).await?;
+    let mut gathered = pc.gathering_complete_promise().await;
+    pc.set_local_description(answer).await?;
+    let _ = gathered.recv().await;
+    pc.local_description()
+        .await
+        .map(|d| d.sdp)
+        .ok_or_else(|| anyhow!("no local description"))
+}
+
+/// Point every remote candidate at `via` (a relay), if set.
+pub fn rewrite_candidates(sdp: &str, via: Option<SocketAddr>) -> String {
+    let Some(via) = via else {
+        return sdp.to_owned();
+    };
+    let mut out = String::with_capacity(sdp.len());
+    for line in sdp.split_inclusive('\n') {
+        if line.starts_with("a=candidate:") {
+            let mut fields: Vec<String> = line.trim_end().split(' ').map(str::to_owned).collect();
+            if fields.len() > 5 {
+                fields[4] = via.ip().to_string();
+                fields[5] = via.port().to_string();
+            }
+            out.push_str(&fields.join(" "));
+            out.push_str("\r\n");
+        } else {
+            out.push_str(line);
+        }
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn candidates_are_rewritten() {
+        let sdp = "v=0\r\na=candidate:1 1 udp 2130706431 127.0.0.1 50000 typ host\r\na=mid:0\r\n";
+        let out = rewrite_candidates(sdp, Some("127.0.0.1:4242".parse().unwrap()));
+        assert!(out.contains("a=candidate:1 1 udp 2130706431 127.0.0.1 4242 typ host\r\n"));
+        assert!(out.contains("a=mid:0\r\n"));
+        assert_eq!(rewrite_candidates(sdp, None), sdp);
+    }
+}

@@ -1,0 +1,178 @@
+//! Repairs a video stream from its RTX stream (RFC 4588) on the receiving side.
+//!
+//! webrtc-rs 0.17 negotiates RTX and reads the repair stream, but drops what it reads
+//! ("These packets aren't exposed to the user yet", `RTCRtpReceiver::receive_for_rtx`): a packet
+//! resent over RTX after a NACK never reaches the track. This interceptor unwraps each RTX packet
+//! (original sequence number in the first two payload bytes) and hands it to the reader of the
+//! original stream, so NACK + RTX really recovers losses for our Rust peers.
+//!
+//! Register it *before* the default interceptors: it then sits next to the network, and the NACK
+//! generator above it sees repaired packets as received.
+
+use std::collections::{HashMap, VecDeque};
+use std::sync::{Arc, Mutex};
+use webrtc::interceptor::stream_info::StreamInfo;
+use webrtc::interceptor::{
+    Attributes, Interceptor, InterceptorBuilder, RTCPReader, RTCPWriter, RTPReader, RTPWriter,
+};
+use webrtc::rtp::packet::Packet;
+use webrtc::util::Marshal;
+
+/// Repaired packets waiting for the reader of their original stream, by original SSRC.
+#[derive(Default)]
+struct Shared {
+    repaired: HashMap<u32, VecDeque<Packet>>,
+    /// Payload type of each original stream.
+    main_pt: HashMap<u32, u8>,
+}
+
+/// Bound on queued repaired packets per stream, so a stalled reader cannot grow memory.
+const MAX_QUEUED: usize = 512;
+
+#[derive(Default)]
+pub struct RtxRepairBuilder;
+
+impl InterceptorBuilder for RtxRepairBuilder {
+    fn build(
+        &self,
+        _id: &str,
+    ) -> Result<Arc<dyn Interceptor + Send + Sync>, webrtc::interceptor::Error> {
+        Ok(Arc::new(RtxRepair::default()))
+    }
+}
+
+#[derive(Default)]
+pub struct RtxRepair {
+    shared: Arc<Mutex<Shared>>,
+}
+
+struct RepairStreamReader {
+    inner: Arc<dyn RTPReader + Send + Sync>,
+    main_ssrc: u32,
+    shared: Arc<Mutex<Shared>>,
+}
+
+#[async_trait::async_trait]
+impl RTPReader for RepairStreamReader {
+    async fn read(
+        &self,
+        buf: &mut [u8],
+        attributes: &Attributes,
+    ) -> Result<(Packet, Attributes), webrtc::interceptor::Error> {
+        let (pkt, attr) = self.inner.read(buf, attributes).await?;
+        // Padding-only RTX packets (probes) carry no original packet.
+        if pkt.payload.len() > 2 {
+            let osn = u16::from_be_bytes([pkt.payload[0], pkt.payload[1]]);
+            let mut shared = self.shared.lock().unwrap_or_else(|p| p.into_inner());
+            let pt = shared.main_pt.get(&self.main_ssrc).copied();
+            if let Some(pt) = pt {
+                let mut original = pkt.clone();
+                original.header.ssrc = self.main_ssrc;
+                original.header.sequence_number = osn;
+                original.header.payload_type = pt;
+                original.header.padding = false;
+                original.payload = pkt.payload.slice(2..);
+                let q = shared.repaired.entry(self.main_ssrc).or_default();
+                if q.len() < MAX_QUEUED {
+                    q.push_back(original);
+                }
+            }
+        }
+        Ok((pkt, attr))
+    }
+}
+
+struct MainStreamReader {
+    inner: Arc<dyn RTPReader + Send + Sync>,
+    ssrc: u32,
+    shared: Arc<Mutex<Shared>>,
+}
+
+#[async_trait::async_trait]
+impl RTPReader for MainStreamReader {
+    async fn read(
+        &self,
+        buf: &mut [u8],
+        attributes: &Attributes,
+    ) -> Result<(Packet, Attributes), webrtc::interceptor::Error> {
+        let repaired = {
+            let mut shared = self.shared.lock().unwrap_or_else(|p| p.into_inner());
+            shared
+                .repaired
+                .get_mut(&self.ssrc)
+                .and_then(VecDeque::pop_front)
+        };
+        if let Some(pkt) = repaired {
+            // Readers above may re-parse `buf`: give them the packet's bytes too.
+            if let Ok(bytes) = pkt.marshal() {
+                if bytes.len() <= buf.len() {
+                    buf[..bytes.len()].copy_from_slice(&bytes);
+                }
+            }
+            return Ok((pkt, attributes.clone()));
+        }
+        self.inner.read(buf, attributes).await
+    }
+}
+
+#[async_trait::async_trait]
+impl Interceptor for RtxRepair {
+    async fn bind_rtcp_reader(
+        &self,
+        reader: Arc<dyn RTCPReader + Send + Sync>,
+    ) -> Arc<dyn RTCPReader + Send + Sync> {
+        reader
+    }
+
+    async fn bind_rtcp_writer(
+        &self,
+        writer: Arc<dyn RTCPWriter + Send + Sync>,
+    ) -> Arc<dyn RTCPWriter + Send + Sync> {
+        writer
+    }
+
+    async fn bind_local_stream(
+        &self,
+        _info: &StreamInfo,
+        writer: Arc<dyn RTPWriter + Send + Sync>,
+    ) -> Arc<dyn RTPWriter + Send + Sync> {
+        writer
+    }
+
+    async fn unbind_local_stream(&self, _info: &StreamInfo) {}
+
+    async fn bind_remote_stream(
+        &self,
+        info: &StreamInfo,
+        reader: Arc<dyn RTPReader + Send + Sync>,
+    ) -> Arc<dyn RTPReader + Send + Sync> {
+        let is_rtx = info.mime_type.eq_ignore_ascii_case("video/rtx");
+        match (&info.associated_stream, is_rtx) {
+            (Some(main), true) => Arc::new(RepairStreamReader {
+                inner: reader,
+                main_ssrc: main.ssrc,
+                shared: self.shared.clone(),
+            }),
+            _ => {
+                let mut shared = self.shared.lock().unwrap_or_else(|p| p.into_inner());
+                shared.main_pt.insert(info.ssrc, info.payload_type);
+                drop(shared);
+                Arc::new(MainStreamReader {
+                    inner: reader,
+                    ssrc: info.ssrc,
+                    shared: self.shared.clone(),
+                })
+            }
+        }
+    }
+
+    async fn unbind_remote_stream(&self, info: &StreamInfo) {
+        let mut shared = self.shared.lock().unwrap_or_else(|p| p.into_inner());
+        shared.repaired.remove(&info.ssrc);
+        shared.main_pt.remove(&info.ssrc);
+    }
+
+    async fn close(&self) -> Result<(), webrtc::interceptor::Error> {
+        Ok(())
+    }
+}
