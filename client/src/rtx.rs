@@ -22,7 +22,7 @@ use webrtc::util::Marshal;
 #[derive(Default)]
 struct Shared {
     repaired: HashMap<u32, VecDeque<Packet>>,
-    /// Payload type of each original stream.
+    /// Payload type of each original stream, as last seen on the wire.
     main_pt: HashMap<u32, u8>,
 }
 
@@ -111,7 +111,11 @@ impl RTPReader for MainStreamReader {
             }
             return Ok((pkt, attributes.clone()));
         }
-        self.inner.read(buf, attributes).await
+        let (pkt, attr) = self.inner.read(buf, attributes).await?;
+        // The stream info's payload type can be 0 here: learn the real one from the packets.
+        let mut shared = self.shared.lock().unwrap_or_else(|p| p.into_inner());
+        shared.main_pt.insert(self.ssrc, pkt.header.payload_type);
+        Ok((pkt, attr))
     }
 }
 
@@ -153,16 +157,11 @@ impl Interceptor for RtxRepair {
                 main_ssrc: main.ssrc,
                 shared: self.shared.clone(),
             }),
-            _ => {
-                let mut shared = self.shared.lock().unwrap_or_else(|p| p.into_inner());
-                shared.main_pt.insert(info.ssrc, info.payload_type);
-                drop(shared);
-                Arc::new(MainStreamReader {
-                    inner: reader,
-                    ssrc: info.ssrc,
-                    shared: self.shared.clone(),
-                })
-            }
+            _ => Arc::new(MainStreamReader {
+                inner: reader,
+                ssrc: info.ssrc,
+                shared: self.shared.clone(),
+            }),
         }
     }
 
