@@ -4,6 +4,7 @@ use crate::{ClientEvent, Inner, RemoteTrack};
 use anyhow::anyhow;
 use consult_protocol::{TrackKind, TrackLabel};
 use std::net::SocketAddr;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 use tokio::sync::mpsc;
@@ -17,6 +18,8 @@ use webrtc::interceptor::registry::Registry;
 use webrtc::peer_connection::configuration::RTCConfiguration;
 use webrtc::peer_connection::sdp::session_description::RTCSessionDescription;
 use webrtc::peer_connection::RTCPeerConnection;
+use webrtc::rtcp::payload_feedbacks::full_intra_request::FullIntraRequest;
+use webrtc::rtcp::payload_feedbacks::picture_loss_indication::PictureLossIndication;
 use webrtc::rtp_transceiver::rtp_codec::{
     RTCRtpCodecCapability, RTCRtpCodecParameters, RTPCodecType,
 };
@@ -114,6 +117,8 @@ pub struct LocalTrack {
     pub track: Arc<TrackLocalStaticRTP>,
     pub rtp: Arc<RTCRtpTransceiver>,
     clock_rate: u32,
+    /// PLI and FIR received from the SFU for this track.
+    pub keyframe_requests: Arc<AtomicU64>,
 }
 
 impl LocalTrack {
@@ -191,11 +196,21 @@ pub async fn add_local_track(
             }),
         )
         .await?;
-    // RTCP for this sender must be read for the interceptors (NACK responder, reports) to run.
+    // RTCP for this sender must be read for the interceptors (NACK responder, reports) to run;
+    // keyframe requests are counted for the user.
     let sender = transceiver.sender().await;
+    let keyframe_requests = Arc::new(AtomicU64::new(0));
+    let counter = keyframe_requests.clone();
     tokio::spawn(async move {
         let mut buf = vec![0u8; 1500];
-        while sender.read(&mut buf).await.is_ok() {}
+        while let Ok((packets, _)) = sender.read(&mut buf).await {
+            for p in packets {
+                let any = p.as_any();
+                if any.is::<PictureLossIndication>() || any.is::<FullIntraRequest>() {
+                    counter.fetch_add(1, Ordering::Relaxed);
+                }
+            }
+        }
     });
     Ok(LocalTrack {
         label,
@@ -204,6 +219,7 @@ pub async fn add_local_track(
         track,
         rtp: transceiver,
         clock_rate,
+        keyframe_requests,
     })
 }
 

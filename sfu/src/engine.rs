@@ -551,11 +551,20 @@ impl Engine {
         let Some(t) = p.tracks.iter_mut().find(|t| t.mid == mid) else {
             return;
         };
-        if t.kind != TrackKind::Video || !t.take_keyframe_slot(now) {
+        if t.kind != TrackKind::Video {
+            return;
+        }
+        // str0m drops RTCP queued before SRTP is up: hold the request until connected.
+        if !p.publisher.connected {
+            t.keyframe_pending = true;
+            return;
+        }
+        if !t.take_keyframe_slot(now) {
             return;
         }
         if let Some(rx) = p.publisher.rtc.direct_api().stream_rx_by_mid(mid, None) {
             rx.request_keyframe(kind);
+            debug!(participant = %p.id, %mid, ssrc = %rx.ssrc(), ?kind, "keyframe requested");
             self.stats.keyframe_requests_sent += 1;
             self.dirty.push((key, PeerTarget::Publisher));
         } else {

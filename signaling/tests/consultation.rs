@@ -6,7 +6,7 @@ mod common;
 
 use common::*;
 use consult_client::ClientEvent;
-use consult_protocol::{ClientMsg, ErrorCode, Role, ServerMsg, TrackLabel};
+use consult_protocol::{ClientMsg, ErrorCode, Role, ServerMsg, TrackKind, TrackLabel};
 use std::collections::HashMap;
 use std::time::Duration;
 
@@ -185,4 +185,126 @@ async fn three_peers_exchange_labelled_media_after_admission() {
     .unwrap();
     tokio::time::sleep(Duration::from_millis(200)).await;
     assert_eq!(srv.server.sfu().stats().await.unwrap().participants, 0);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn late_joiner_gets_rebased_stream_and_keyframe_and_leaving_renegotiates() {
+    let srv = start_server().await;
+    let room = "room-late";
+    let mut doc = srv.join(room, "dr-late", Role::Physician).await;
+    let mut nurse = srv.join(room, "ide-late", Role::Companion).await;
+    doc.send(ClientMsg::Admit {
+        participant_id: nurse.participant_id.clone(),
+    })
+    .unwrap();
+    nurse.wait_admitted(WAIT).await.unwrap();
+    let tracks = nurse
+        .publish(&[TrackLabel::Stethoscope, TrackLabel::Otoscope])
+        .await
+        .unwrap();
+    let otoscope_plis = tracks[1].keyframe_requests.clone();
+    let senders: Vec<_> = tracks
+        .iter()
+        .map(|t| t.send_synthetic(tag(2, t.label), 500, Duration::from_millis(10), 300))
+        .collect();
+    let doc_tracks = take_tracks(&mut doc, 2).await;
+    assert!(doc_tracks
+        .iter()
+        .all(|t| t.info.label.kind() == t.info.kind));
+    drop(doc_tracks);
+    let t0 = std::time::Instant::now();
+    while otoscope_plis.load(std::sync::atomic::Ordering::Relaxed) == 0 && t0.elapsed() < WAIT {
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    eprintln!("first PLI after {:?}", t0.elapsed());
+    let plis_before = otoscope_plis.load(std::sync::atomic::Ordering::Relaxed);
+    eprintln!(
+        "keyframe requests: SFU sent {}, publisher got {plis_before}",
+        srv.server
+            .sfu()
+            .stats()
+            .await
+            .unwrap()
+            .keyframe_requests_sent
+    );
+    assert!(
+        plis_before >= 1,
+        "a new subscriber makes the SFU ask for a keyframe"
+    );
+
+    // A patient joins two seconds into the stream.
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    let mut pat = srv.join(room, "pat-late", Role::Patient).await;
+    doc.send(ClientMsg::Admit {
+        participant_id: pat.participant_id.clone(),
+    })
+    .unwrap();
+    pat.wait_admitted(WAIT).await.unwrap();
+    let pat_tracks = take_tracks(&mut pat, 2).await;
+    let mut otoscope = None;
+    for t in pat_tracks {
+        if t.info.label == TrackLabel::Otoscope {
+            otoscope = Some(collect(t, TrackKind::Video));
+        }
+    }
+    let otoscope = otoscope.expect("late joiner gets the otoscope");
+    for s in senders {
+        s.await.unwrap();
+    }
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    {
+        let r = otoscope.lock().unwrap();
+        let first_counter = *r
+            .counters
+            .iter()
+            .min()
+            .expect("media reached the late joiner");
+        let first_seq = r.seqs[0];
+        eprintln!("late joiner: first packet #{first_counter} arrived as seq {first_seq}");
+        assert!(first_counter > 100, "joined mid-stream");
+        assert!(
+            first_seq <= 3,
+            "sequence numbers rebased for the late joiner ({first_seq})"
+        );
+        let (got, expected) = r.coverage(499);
+        assert_eq!(got, expected);
+    }
+    let plis_after = otoscope_plis.load(std::sync::atomic::Ordering::Relaxed);
+    assert!(
+        plis_after > plis_before,
+        "the late joiner's subscription asked for a keyframe"
+    );
+
+    // The nurse leaves: everyone is told, her media session goes, and the others renegotiate.
+    nurse.leave().await;
+    for c in [&mut doc, &mut pat] {
+        let reason = c
+            .wait_for(WAIT, |ev| match ev {
+                ClientEvent::Server(ServerMsg::ParticipantLeft { reason, .. }) => Some(reason),
+                _ => None,
+            })
+            .await
+            .unwrap();
+        assert_eq!(reason, consult_protocol::LeaveReason::Left);
+    }
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    assert_eq!(srv.server.sfu().stats().await.unwrap().participants, 2);
+    // The subscriber connections went through that renegotiation: new media still arrives.
+    let mic = pat.publish(&[TrackLabel::Microphone]).await.unwrap();
+    let sender = mic[0].send_synthetic(
+        tag(3, TrackLabel::Microphone),
+        100,
+        Duration::from_millis(20),
+        120,
+    );
+    let t = take_tracks(&mut doc, 1).await.remove(0);
+    assert_eq!(t.info.participant_id, pat.participant_id);
+    let rx = collect(t, TrackKind::Audio);
+    sender.await.unwrap();
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let (got, expected) = rx.lock().unwrap().coverage(99);
+    assert!(
+        got * 100 >= expected * 99 && expected >= 50,
+        "{got}/{expected}"
+    );
 }
