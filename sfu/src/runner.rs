@@ -7,7 +7,7 @@ use std::net::SocketAddr;
 use std::time::Instant;
 use tokio::net::UdpSocket;
 use tokio::sync::mpsc;
-use tracing::{info, warn};
+use tracing::{error, info, warn};
 
 /// Configuration of the media plane.
 #[derive(Debug, Clone)]
@@ -56,6 +56,17 @@ pub async fn start(config: SfuConfig) -> io::Result<SfuHandle> {
     })
 }
 
+fn contain(what: &str, f: impl FnOnce()) {
+    if let Err(panic) = std::panic::catch_unwind(std::panic::AssertUnwindSafe(f)) {
+        let msg = panic
+            .downcast_ref::<&str>()
+            .map(|s| s.to_string())
+            .or_else(|| panic.downcast_ref::<String>().cloned())
+            .unwrap_or_default();
+        error!("SFU recovered from a panic while handling a {what}: {msg}");
+    }
+}
+
 async fn run(
     socket: UdpSocket,
     mut engine: Engine,
@@ -72,14 +83,18 @@ async fn run(
     };
     loop {
         let deadline = engine.next_timeout(Instant::now());
+        // A panic on one input (a bug met by a strange packet or SDP) is contained: it is
+        // logged and the loop goes on serving every other consultation.
         tokio::select! {
             r = socket.recv_from(&mut buf) => match r {
-                Ok((n, source)) => engine.handle_datagram(Instant::now(), source, &buf[..n], &mut send),
+                Ok((n, source)) => contain("datagram", || {
+                    engine.handle_datagram(Instant::now(), source, &buf[..n], &mut send)
+                }),
                 // ICMP port unreachable and the like surface here on some systems: not fatal.
                 Err(e) => warn!("UDP receive failed: {e}"),
             },
             cmd = commands.recv() => match cmd {
-                Some(cmd) => engine.handle_command(Instant::now(), cmd, &mut send),
+                Some(cmd) => contain("command", || engine.handle_command(Instant::now(), cmd, &mut send)),
                 None => {
                     info!("SFU stopping: no more handles");
                     return;
@@ -89,7 +104,7 @@ async fn run(
         }
         let now = Instant::now();
         if engine.next_timeout(now) <= now {
-            engine.handle_timeout(now, &mut send);
+            contain("timeout", || engine.handle_timeout(now, &mut send));
         }
     }
 }

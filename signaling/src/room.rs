@@ -820,6 +820,56 @@ mod tests {
     }
 
     #[test]
+    fn physician_removes_an_admitted_participant() {
+        let mut r = Room::new("r");
+        join(&mut r, "doc", Role::Physician);
+        join(&mut r, "pat", Role::Patient);
+        join(&mut r, "nurse", Role::Companion);
+        for t in ["pat", "nurse"] {
+            r.handle(Input::Admit {
+                by: "doc".into(),
+                target: t.into(),
+            })
+            .unwrap();
+        }
+        let e = r
+            .handle(Input::Remove {
+                by: "nurse".into(),
+                target: "pat".into(),
+            })
+            .unwrap_err();
+        assert_eq!(e.code, ErrorCode::Forbidden);
+        let fx = r
+            .handle(Input::Remove {
+                by: "doc".into(),
+                target: "pat".into(),
+            })
+            .unwrap();
+        assert_eq!(sent_to(&fx, "pat"), [&ServerMsg::Removed]);
+        assert!(fx
+            .iter()
+            .any(|e| matches!(e, Effect::StopMedia { id } if id == "pat")));
+        assert!(fx
+            .iter()
+            .any(|e| matches!(e, Effect::Close { to } if to == "pat")));
+        assert!(matches!(
+            sent_to(&fx, "nurse")[0],
+            ServerMsg::ParticipantLeft {
+                reason: LeaveReason::Removed,
+                ..
+            }
+        ));
+        assert!(!r.contains("pat"));
+        let e = r
+            .handle(Input::Remove {
+                by: "doc".into(),
+                target: "doc".into(),
+            })
+            .unwrap_err();
+        assert_eq!(e.code, ErrorCode::InvalidState);
+    }
+
+    #[test]
     fn ending_closes_everyone_and_refuses_later_joins() {
         let mut r = Room::new("r");
         join(&mut r, "doc", Role::Physician);

@@ -359,3 +359,121 @@ async fn garbage_udp_and_bad_messages_do_not_disturb_a_running_call() {
     let health = reqwest::get(srv.http_url("/healthz")).await.unwrap();
     assert_eq!(health.text().await.unwrap(), "ok");
 }
+
+fn hand_written_offer() -> String {
+    let fp: Vec<String> = (0..32).map(|i| format!("{:02X}", i * 7 % 256)).collect();
+    [
+        "v=0",
+        "o=- 4611731400430051336 2 IN IP4 127.0.0.1",
+        "s=-",
+        "t=0 0",
+        "a=group:BUNDLE 0",
+        "a=msid-semantic: WMS",
+        "m=audio 9 UDP/TLS/RTP/SAVPF 111",
+        "c=IN IP4 0.0.0.0",
+        "a=rtcp:9 IN IP4 0.0.0.0",
+        "a=ice-ufrag:abcd",
+        "a=ice-pwd:abcdefghijklmnopqrstuvwx",
+        &format!("a=fingerprint:sha-256 {}", fp.join(":")),
+        "a=setup:actpass",
+        "a=mid:0",
+        "a=sendonly",
+        "a=rtcp-mux",
+        "a=rtpmap:111 opus/48000/2",
+        "a=fmtp:111 minptime=10;useinbandfec=1",
+        "a=ssrc:1234 cname:cart",
+        "",
+    ]
+    .join("\r\n")
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bad_sdp_is_refused_and_the_sfu_keeps_serving() {
+    let srv = start_server().await;
+    let mut ws = raw(&srv).await;
+    send(
+        &mut ws,
+        &join_msg(&srv.token("room-sdp", "dr-sdp", Role::Physician)),
+    )
+    .await;
+    assert!(matches!(recv(&mut ws).await, ServerMsg::Joined { .. }));
+    // Let the media session be created.
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    let publish = |sdp: &str, label: &str| {
+        serde_json::json!({"type": "publish_offer", "sdp": sdp,
+                           "tracks": [{"mid": "0", "label": label}]})
+        .to_string()
+    };
+
+    let offer = hand_written_offer();
+    // An audio m-line declared as a camera.
+    send(&mut ws, &publish(&offer, "camera")).await;
+    let mut answered = false;
+    loop {
+        match recv(&mut ws).await {
+            ServerMsg::PublishAnswer { .. } => answered = true,
+            ServerMsg::Error { code, message } => {
+                assert_eq!(code, ErrorCode::BadSdp);
+                eprintln!("kind mismatch: {message} (answered first: {answered})");
+                break;
+            }
+            _ => {}
+        }
+    }
+    // Truncated offers and garbage: each an error, none fatal.
+    for cut in [0, 3, 10, 40, 80, 150, 300, 450, offer.len() - 20] {
+        send(&mut ws, &publish(&offer[..cut], "microphone")).await;
+        match recv(&mut ws).await {
+            ServerMsg::Error { code, .. } => assert_eq!(code, ErrorCode::BadSdp, "cut {cut}"),
+            ServerMsg::PublishAnswer { .. } => {}
+            other => panic!("unexpected {other:?}"),
+        }
+    }
+    send(
+        &mut ws,
+        &publish("m=video 0 x\r\na=mid:::\r\n\u{0}\u{1}", "camera"),
+    )
+    .await;
+    assert!(matches!(
+        recv(&mut ws).await,
+        ServerMsg::Error {
+            code: ErrorCode::BadSdp,
+            ..
+        }
+    ));
+    // An answer nobody asked for.
+    send(&mut ws, r#"{"type":"subscriber_answer","sdp":"v=0"}"#).await;
+    assert!(matches!(
+        recv(&mut ws).await,
+        ServerMsg::Error {
+            code: ErrorCode::BadSdp,
+            ..
+        }
+    ));
+
+    // The media plane still serves a real call.
+    let mut doc = srv.join("room-ok", "dr-ok", Role::Physician).await;
+    let mut nurse = srv.join("room-ok", "ide-ok", Role::Companion).await;
+    doc.send(ClientMsg::Admit {
+        participant_id: nurse.participant_id.clone(),
+    })
+    .unwrap();
+    nurse.wait_admitted(WAIT).await.unwrap();
+    let t = nurse.publish(&[TrackLabel::Stethoscope]).await.unwrap();
+    let sender = t[0].send_synthetic(
+        tag(4, TrackLabel::Stethoscope),
+        100,
+        Duration::from_millis(20),
+        200,
+    );
+    let remote = take_tracks(&mut doc, 1).await.remove(0);
+    assert_eq!(remote.info.label, TrackLabel::Stethoscope);
+    let rx = collect(remote, TrackKind::Audio);
+    sender.await.unwrap();
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let (got, expected) = rx.lock().unwrap().coverage(99);
+    assert!(
+        expected >= 50 && got * 100 >= expected * 99,
+        "{got}/{expected}"
+    );
+}
