@@ -31,6 +31,9 @@ pub use peer::LocalTrack;
 pub struct ClientOptions {
     /// Send media to this address instead of the SFU's candidate (e.g. a [`relay::LossyRelay`]).
     pub media_via: Option<SocketAddr>,
+    /// Leave out the RTX repair interceptor (`rtx.rs`): only to show the webrtc-rs defect it
+    /// works around.
+    pub without_rtx_repair: bool,
 }
 
 /// A remote track the client now receives.
@@ -114,7 +117,7 @@ impl Client {
             options,
         });
         let (events_tx, events) = mpsc::unbounded_channel();
-        let subscriber = peer::new_peer_connection().await?;
+        let subscriber = peer::new_peer_connection(!inner.options.without_rtx_repair).await?;
         peer::on_remote_track(&subscriber, inner.clone(), events_tx.clone());
         tokio::spawn(dispatch(
             inner.clone(),
@@ -191,7 +194,7 @@ impl Client {
         let pc = match &self.publisher {
             Some(pc) => pc.clone(),
             None => {
-                let pc = peer::new_peer_connection().await?;
+                let pc = peer::new_peer_connection(!self.inner.options.without_rtx_repair).await?;
                 self.publisher = Some(pc.clone());
                 pc
             }

@@ -88,11 +88,13 @@ fn media_engine() -> anyhow::Result<MediaEngine> {
     Ok(m)
 }
 
-pub async fn new_peer_connection() -> anyhow::Result<Arc<RTCPeerConnection>> {
+pub async fn new_peer_connection(rtx_repair: bool) -> anyhow::Result<Arc<RTCPeerConnection>> {
     let mut m = media_engine()?;
     let mut registry = Registry::new();
-    // First, so it sits next to the network: see `rtx.rs`.
-    registry.add(Box::new(crate::rtx::RtxRepairBuilder));
+    if rtx_repair {
+        // First, so it sits next to the network: see `rtx.rs`.
+        registry.add(Box::new(crate::rtx::RtxRepairBuilder));
+    }
     let registry = register_default_interceptors(registry, &mut m)?;
     let mut s = SettingEngine::default();
     s.set_include_loopback_candidate(true);
