@@ -193,6 +193,10 @@ pub enum ServerMsg {
     ConsultationEnded {
         by: ParticipantId,
     },
+    /// To physicians: a still image was uploaded to the consultation.
+    StillAvailable {
+        still: StillInfo,
+    },
     Error {
         code: ErrorCode,
         message: String,
@@ -234,6 +238,12 @@ pub enum ErrorCode {
     BadSdp,
     Unauthorized,
     BadRequest,
+    /// An upload larger than the server accepts.
+    TooLarge,
+    /// A file type the server does not accept.
+    UnsupportedType,
+    /// An upload chunk at the wrong offset (the answer carries the right one).
+    Conflict,
     Internal,
 }
 
@@ -257,6 +267,9 @@ impl ErrorCode {
             ErrorCode::BadSdp => "bad_sdp",
             ErrorCode::Unauthorized => "unauthorized",
             ErrorCode::BadRequest => "bad_request",
+            ErrorCode::TooLarge => "too_large",
+            ErrorCode::UnsupportedType => "unsupported_type",
+            ErrorCode::Conflict => "conflict",
             ErrorCode::Internal => "internal",
         }
     }
@@ -380,4 +393,49 @@ mod tests {
         assert_eq!(c.sdp_mid.as_deref(), Some("0"));
         assert_eq!(c.sdp_mline_index, Some(0));
     }
+}
+
+/// `POST /api/stills`: announce a still image upload (téléexpertise store-and-forward).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct StillUploadRequest {
+    /// Which track the still was taken from.
+    pub label: TrackLabel,
+    /// `image/jpeg` or `image/png`.
+    pub content_type: String,
+    pub size: u64,
+    /// Hex SHA-256 of the whole file, checked when the upload completes.
+    pub sha256: String,
+    /// When the still was taken, milliseconds since the Unix epoch.
+    pub taken_at_ms: i64,
+    /// The capturing device, e.g. "otoscope USB 2.0".
+    #[serde(default)]
+    pub device: Option<String>,
+}
+
+/// State of an upload: where to resume, and the still once complete.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct StillUploadStatus {
+    pub upload_id: String,
+    pub offset: u64,
+    pub size: u64,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub still: Option<StillInfo>,
+}
+
+/// A stored still image and its metadata.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct StillInfo {
+    pub still_id: String,
+    pub room: String,
+    pub author_identity: String,
+    pub author_name: String,
+    pub author_role: Role,
+    pub label: TrackLabel,
+    pub content_type: String,
+    pub size: u64,
+    pub sha256: String,
+    pub taken_at_ms: i64,
+    pub uploaded_at_ms: i64,
+    #[serde(default)]
+    pub device: Option<String>,
 }

@@ -4,20 +4,23 @@ use crate::server::AppState;
 use crate::token::{unix_now, Grant};
 use crate::ws::run_session;
 use axum::body::Bytes;
-use axum::extract::{Query, State, WebSocketUpgrade};
+use axum::extract::{DefaultBodyLimit, Path, Query, State, WebSocketUpgrade};
 use axum::http::{header, HeaderMap, StatusCode};
 use axum::response::{Html, IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::{Json, Router};
 use consult_protocol::{
     ApiError, ConsultationCreated, CreateConsultation, ErrorCode, Invitee, JoinLink, Role,
-    TokenClaims, TokenRequest, TokenResponse,
+    ServerMsg, StillInfo, StillUploadRequest, StillUploadStatus, TokenClaims, TokenRequest,
+    TokenResponse,
 };
 use serde::de::DeserializeOwned;
 use serde::Deserialize;
 use sha2::{Digest, Sha256};
 use std::sync::Arc;
 
+/// Largest chunk of a still upload in one request.
+const MAX_CHUNK_BYTES: usize = 4 * 1024 * 1024;
 /// Longest token lifetime the API mints.
 const MAX_TTL_SECS: u64 = 7 * 24 * 3600;
 /// Transport-level WebSocket limit; the protocol's own (smaller) limit answers with an error.
@@ -31,6 +34,14 @@ pub fn router(state: Arc<AppState>) -> Router {
         .route("/api/tokens", post(mint_token))
         .route("/api/consultations", post(create_consultation))
         .route("/api/audit", get(read_audit))
+        .route("/api/stills", post(begin_still).get(list_stills))
+        .route(
+            "/api/stills/uploads/{id}",
+            get(still_upload_status)
+                .put(append_still)
+                .layer(DefaultBodyLimit::max(MAX_CHUNK_BYTES)),
+        )
+        .route("/api/stills/{id}", get(get_still))
         .with_state(state)
 }
 
@@ -300,4 +311,144 @@ async fn read_audit(
         )
     })?;
     Ok(Json(records).into_response())
+}
+
+impl From<crate::stills::StillError> for HttpError {
+    fn from(e: crate::stills::StillError) -> Self {
+        let status = StatusCode::from_u16(e.status).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
+        HttpError(status, e.code, e.message)
+    }
+}
+
+/// The caller's access token (stills are per participant).
+fn token_caller(state: &AppState, headers: &HeaderMap) -> Result<TokenClaims, HttpError> {
+    match authenticate(state, headers)? {
+        Caller::Token(c) => Ok(c),
+        Caller::Api => Err(err(
+            StatusCode::FORBIDDEN,
+            ErrorCode::Forbidden,
+            "uploads are made with a participant's access token",
+        )),
+    }
+}
+
+/// The room a reader may see stills of: a physician's own, or any with the API secret.
+fn still_reader_room(
+    state: &AppState,
+    headers: &HeaderMap,
+    room: Option<String>,
+) -> Result<String, HttpError> {
+    match authenticate(state, headers)? {
+        Caller::Api => room.ok_or_else(|| {
+            err(
+                StatusCode::BAD_REQUEST,
+                ErrorCode::BadRequest,
+                "room is required",
+            )
+        }),
+        Caller::Token(c) => {
+            if c.role != Role::Physician {
+                return Err(err(
+                    StatusCode::FORBIDDEN,
+                    ErrorCode::Forbidden,
+                    "the gallery is for physicians",
+                ));
+            }
+            if room.as_ref().is_some_and(|r| *r != c.room) {
+                return Err(err(
+                    StatusCode::FORBIDDEN,
+                    ErrorCode::WrongRoom,
+                    "a token opens its own consultation only",
+                ));
+            }
+            Ok(c.room)
+        }
+    }
+}
+
+async fn begin_still(
+    State(state): State<Arc<AppState>>,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Result<Json<StillUploadStatus>, HttpError> {
+    let who = token_caller(&state, &headers)?;
+    let req: StillUploadRequest = parse_body(&body)?;
+    Ok(Json(state.stills.begin(&who, req)?))
+}
+
+async fn still_upload_status(
+    State(state): State<Arc<AppState>>,
+    headers: HeaderMap,
+    Path(id): Path<String>,
+) -> Result<Json<StillUploadStatus>, HttpError> {
+    let who = token_caller(&state, &headers)?;
+    Ok(Json(state.stills.status(&who, &id)?))
+}
+
+#[derive(Deserialize)]
+struct OffsetQuery {
+    offset: u64,
+}
+
+async fn append_still(
+    State(state): State<Arc<AppState>>,
+    headers: HeaderMap,
+    Path(id): Path<String>,
+    Query(q): Query<OffsetQuery>,
+    body: Bytes,
+) -> Result<Json<StillUploadStatus>, HttpError> {
+    let who = token_caller(&state, &headers)?;
+    let status = state.stills.append(&who, &id, q.offset, &body)?;
+    if let Some(still) = &status.still {
+        state.audit.record(
+            &still.room,
+            Some(&still.author_identity),
+            "still_uploaded",
+            None,
+            serde_json::json!({
+                "still_id": still.still_id, "label": still.label, "size": still.size,
+                "sha256": still.sha256, "content_type": still.content_type,
+                "taken_at_ms": still.taken_at_ms, "device": still.device,
+            }),
+        );
+        state.hub.notify_physicians(
+            &still.room,
+            ServerMsg::StillAvailable {
+                still: still.clone(),
+            },
+        );
+    }
+    Ok(Json(status))
+}
+
+#[derive(Deserialize)]
+struct RoomQuery {
+    room: Option<String>,
+}
+
+async fn list_stills(
+    State(state): State<Arc<AppState>>,
+    headers: HeaderMap,
+    Query(q): Query<RoomQuery>,
+) -> Result<Json<Vec<StillInfo>>, HttpError> {
+    let room = still_reader_room(&state, &headers, q.room)?;
+    Ok(Json(state.stills.list(&room)))
+}
+
+async fn get_still(
+    State(state): State<Arc<AppState>>,
+    headers: HeaderMap,
+    Path(id): Path<String>,
+    Query(q): Query<RoomQuery>,
+) -> Result<Response, HttpError> {
+    let room = still_reader_room(&state, &headers, q.room)?;
+    let (meta, bytes) = state.stills.get(&room, &id)?;
+    Ok((
+        [
+            (header::CONTENT_TYPE, meta.content_type),
+            (header::CACHE_CONTROL, "private, no-store".to_owned()),
+        ],
+        bytes,
+    )
+        .into_response())
 }

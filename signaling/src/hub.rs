@@ -81,6 +81,20 @@ impl Hub {
         Ok(())
     }
 
+    /// Send a message to every admitted physician of a room.
+    pub fn notify_physicians(&self, room: &str, msg: ServerMsg) {
+        let Some(r) = self.rooms.get(room).map(|r| r.clone()) else {
+            return;
+        };
+        let ids = r
+            .lock()
+            .map(|r| r.admitted_with_admit_grant())
+            .unwrap_or_default();
+        for id in ids {
+            self.send(&id, Outbound::Msg(msg.clone()));
+        }
+    }
+
     fn apply(&self, room: &str, effect: Effect) {
         match effect {
             Effect::Send { to, msg } => self.send(&to, Outbound::Msg(msg)),

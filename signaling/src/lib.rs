@@ -8,6 +8,7 @@ pub mod http;
 pub mod hub;
 pub mod room;
 pub mod server;
+pub mod stills;
 pub mod tls;
 pub mod token;
 pub mod ws;

@@ -159,6 +159,15 @@ impl Room {
         self.member(id).is_some()
     }
 
+    /// Admitted participants who may admit (the physicians present).
+    pub fn admitted_with_admit_grant(&self) -> Vec<ParticipantId> {
+        self.members
+            .iter()
+            .filter(|m| m.admitted() && m.role.grants().admit)
+            .map(|m| m.id.clone())
+            .collect()
+    }
+
     fn member(&self, id: &str) -> Option<&Member> {
         self.members.iter().find(|m| m.id == id)
     }

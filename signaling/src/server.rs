@@ -15,6 +15,7 @@ pub struct AppState {
     pub tokens: TokenService,
     pub audit: AuditLog,
     pub hub: Hub,
+    pub stills: crate::stills::StillStore,
     /// Base URL of the web client, for join links.
     pub base_url: String,
 }
@@ -70,6 +71,7 @@ pub async fn start(config: Config) -> anyhow::Result<RunningServer> {
         tokens: TokenService::new(&config.api_key, &config.api_secret),
         hub: Hub::new(sfu.clone(), audit.clone()),
         audit,
+        stills: crate::stills::StillStore::new(&config.data_dir),
         base_url: base_url.clone(),
         config,
     });
