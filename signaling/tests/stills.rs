@@ -242,7 +242,7 @@ async fn bad_uploads_are_refused() {
     let r = api
         .http
         .get(srv.http_url("/api/stills/..%2F..%2Faudit.db"))
-        .bearer_auth(&srv.token("room-s1", "dr-a", Role::Physician))
+        .bearer_auth(srv.token("room-s1", "dr-a", Role::Physician))
         .send()
         .await
         .unwrap();
@@ -251,7 +251,7 @@ async fn bad_uploads_are_refused() {
     let list: Vec<StillInfo> = api
         .http
         .get(srv.http_url("/api/stills"))
-        .bearer_auth(&srv.token("room-s1", "dr-a", Role::Physician))
+        .bearer_auth(srv.token("room-s1", "dr-a", Role::Physician))
         .send()
         .await
         .unwrap()
