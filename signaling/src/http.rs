@@ -29,6 +29,13 @@ const WS_TRANSPORT_LIMIT: usize = 1024 * 1024;
 pub fn router(state: Arc<AppState>) -> Router {
     Router::new()
         .route("/", get(index))
+        .route("/app.js", get(|| asset("text/javascript", include_str!("../../web-client/app.js"))))
+        .route(
+            "/protocol.js",
+            get(|| asset("text/javascript", include_str!("../../web-client/protocol.js"))),
+        )
+        .route("/i18n.js", get(|| asset("text/javascript", include_str!("../../web-client/i18n.js"))))
+        .route("/style.css", get(|| asset("text/css", include_str!("../../web-client/style.css"))))
         .route("/healthz", get(|| async { "ok" }))
         .route("/ws", get(ws_upgrade))
         .route("/api/tokens", post(mint_token))
@@ -64,6 +71,18 @@ fn err(status: StatusCode, code: ErrorCode, msg: impl Into<String>) -> HttpError
 
 async fn index() -> Html<&'static str> {
     Html(include_str!("../../web-client/index.html"))
+}
+
+/// A web client file, embedded in the binary so the server needs nothing beside it.
+async fn asset(content_type: &'static str, body: &'static str) -> Response {
+    (
+        [
+            (header::CONTENT_TYPE, content_type),
+            (header::CACHE_CONTROL, "no-cache"),
+        ],
+        body,
+    )
+        .into_response()
 }
 
 async fn ws_upgrade(State(state): State<Arc<AppState>>, ws: WebSocketUpgrade) -> Response {

@@ -1,0 +1,495 @@
+// The consult room UI. Protocol and media live in protocol.js; this file only draws and reacts.
+
+import { ConsultClient, tokenClaims } from "./protocol.js";
+import { applyStrings, currentLang, t, toggleLang } from "./i18n.js";
+
+const $ = (id) => document.getElementById(id);
+const state = {
+  client: null,
+  claims: null,
+  localTracks: {}, // label → MediaStreamTrack
+  previewStream: null,
+  meter: null,
+  remote: new Map(), // track_id → {tile, info, track}
+  stats: new Map(), // participant_id → last {packetsReceived, packetsLost}
+};
+window.consult = state; // for tests and support
+
+function show(screen) {
+  for (const s of ["none", "check", "waiting", "room", "end"]) $(`screen-${s}`).hidden = s !== screen;
+}
+
+function problem(msg) {
+  $("problem").textContent = msg ? `${t("error")} : ${msg}` : "";
+}
+
+function roleText(role, kind) {
+  return kind ? t(kind) : t(role);
+}
+
+// ---------- device check ----------
+
+async function listDevices() {
+  const devices = await navigator.mediaDevices.enumerateDevices();
+  const fill = (sel, kind) => {
+    sel.innerHTML = "";
+    for (const d of devices.filter((d) => d.kind === kind)) {
+      const o = document.createElement("option");
+      o.value = d.deviceId;
+      o.textContent = d.label || d.deviceId.slice(0, 8);
+      sel.appendChild(o);
+    }
+  };
+  fill($("sel-camera"), "videoinput");
+  fill($("sel-microphone"), "audioinput");
+  fill($("sel-stethoscope"), "audioinput");
+  fill($("sel-otoscope"), "videoinput");
+}
+
+async function startPreview() {
+  if (state.previewStream) state.previewStream.getTracks().forEach((tr) => tr.stop());
+  const cam = $("sel-camera").value;
+  const mic = $("sel-microphone").value;
+  state.previewStream = await navigator.mediaDevices.getUserMedia({
+    video: cam ? { deviceId: { exact: cam }, width: { ideal: 1280 }, height: { ideal: 720 } } : true,
+    audio: mic ? { deviceId: { exact: mic } } : true,
+  });
+  $("preview").srcObject = state.previewStream;
+  startLevelMeter(state.previewStream);
+}
+
+function startLevelMeter(stream) {
+  if (state.meter) state.meter.ctx.close();
+  const ctx = new AudioContext();
+  const analyser = ctx.createAnalyser();
+  analyser.fftSize = 1024;
+  ctx.createMediaStreamSource(stream).connect(analyser);
+  const buf = new Float32Array(analyser.fftSize);
+  state.meter = { ctx };
+  const tick = () => {
+    if (ctx.state === "closed") return;
+    analyser.getFloatTimeDomainData(buf);
+    let sum = 0;
+    for (const v of buf) sum += v * v;
+    $("level").value = Math.min(1, Math.sqrt(sum / buf.length) * 4);
+    requestAnimationFrame(tick);
+  };
+  tick();
+}
+
+/** Capture what the participant chose, with the stethoscope left untouched. */
+async function captureTracks() {
+  const tracks = [];
+  const [video] = state.previewStream.getVideoTracks();
+  const [audio] = state.previewStream.getAudioTracks();
+  if (audio) tracks.push({ track: audio, label: "microphone" });
+  if (video) tracks.push({ track: video, label: "camera" });
+  if (!$("cart-devices").hidden && $("use-stethoscope").checked) {
+    const s = await navigator.mediaDevices.getUserMedia({
+      audio: {
+        deviceId: $("sel-stethoscope").value ? { exact: $("sel-stethoscope").value } : undefined,
+        echoCancellation: false,
+        noiseSuppression: false,
+        autoGainControl: false,
+        sampleRate: 48000,
+        channelCount: 1,
+      },
+    });
+    tracks.push({ track: s.getAudioTracks()[0], label: "stethoscope" });
+  }
+  if (!$("cart-devices").hidden && $("use-otoscope").checked) {
+    const o = await navigator.mediaDevices.getUserMedia({
+      video: {
+        deviceId: $("sel-otoscope").value ? { exact: $("sel-otoscope").value } : undefined,
+        width: { ideal: 1920 },
+        height: { ideal: 1080 },
+      },
+    });
+    tracks.push({ track: o.getVideoTracks()[0], label: "otoscope" });
+  }
+  for (const { track, label } of tracks) state.localTracks[label] = track;
+  return tracks;
+}
+
+// ---------- room ----------
+
+function participantName(id) {
+  const c = state.client;
+  if (id === c.participantId) return t("you");
+  const p = c.participants.get(id);
+  return p ? `${p.name} (${roleText(p.role, p.companion_kind)})` : id;
+}
+
+function addLocalTile(label, track) {
+  const tile = document.createElement("div");
+  tile.className = "tile local";
+  tile.dataset.label = label;
+  const v = document.createElement("video");
+  v.autoplay = v.muted = v.playsInline = true;
+  v.srcObject = new MediaStream([track]);
+  tile.append(v, labelEl(`${t("you")} — ${t(label)}`));
+  if (label === "otoscope" || label === "camera") {
+    const actions = document.createElement("div");
+    actions.className = "actions";
+    const b = document.createElement("button");
+    b.textContent = t("take_still");
+    b.dataset.still = label;
+    b.onclick = () => takeLocalStill(label);
+    actions.append(b);
+    tile.append(actions);
+  }
+  $("tiles").append(tile);
+}
+
+function labelEl(text) {
+  const s = document.createElement("span");
+  s.className = "label";
+  s.textContent = text;
+  return s;
+}
+
+function addRemoteTile({ info, track }) {
+  const old = state.remote.get(info.track_id);
+  if (old) old.tile.remove();
+  const tile = document.createElement("div");
+  tile.className = "tile remote";
+  tile.dataset.trackId = info.track_id;
+  tile.dataset.label = info.label;
+  tile.dataset.participant = info.participant_id;
+  const quality = document.createElement("span");
+  quality.className = "quality";
+  quality.dataset.participant = info.participant_id;
+  if (info.kind === "video") {
+    const v = document.createElement("video");
+    v.autoplay = v.playsInline = true;
+    v.muted = true;
+    v.srcObject = new MediaStream([track]);
+    tile.append(v);
+    if (state.client.role === "physician") {
+      const actions = document.createElement("div");
+      actions.className = "actions";
+      const big = document.createElement("button");
+      big.textContent = t("enlarge");
+      big.onclick = () => tile.classList.toggle("enlarged");
+      const photo = document.createElement("button");
+      photo.textContent = t("take_still");
+      photo.onclick = () => takeFrameStill(v, info.label);
+      actions.append(big, photo);
+      tile.append(actions);
+      if (info.label === "otoscope") tile.classList.add("enlarged");
+    }
+  } else {
+    tile.classList.add("audio");
+    const a = document.createElement("audio");
+    a.autoplay = true;
+    a.srcObject = new MediaStream([track]);
+    tile.append(a);
+    if (info.label === "stethoscope") tile.append(stethoscopePanel(track, a));
+  }
+  tile.append(labelEl(`${participantName(info.participant_id)} — ${t(info.label)}`), quality);
+  $("tiles").append(tile);
+  state.remote.set(info.track_id, { tile, info, track });
+}
+
+/** Volume and a live spectrum of 20–2000 Hz, where heart and lung sounds live. */
+function stethoscopePanel(track, audioEl) {
+  const panel = document.createElement("div");
+  panel.className = "steth";
+  const canvas = document.createElement("canvas");
+  canvas.width = 600;
+  canvas.height = 120;
+  const vol = document.createElement("input");
+  vol.type = "range";
+  vol.min = "0";
+  vol.max = "1";
+  vol.step = "0.01";
+  vol.value = "1";
+  vol.oninput = () => (audioEl.volume = Number(vol.value));
+  const label = document.createElement("label");
+  label.append(t("volume"), vol);
+  panel.append(canvas, label);
+  const ctx = new AudioContext({ sampleRate: 48000 });
+  const analyser = ctx.createAnalyser();
+  analyser.fftSize = 16384; // 2.9 Hz bins at 48 kHz
+  ctx.createMediaStreamSource(new MediaStream([track])).connect(analyser);
+  const bins = new Uint8Array(analyser.frequencyBinCount);
+  const g = canvas.getContext("2d");
+  const binHz = ctx.sampleRate / analyser.fftSize;
+  const draw = () => {
+    if (!panel.isConnected && state.client && state.client.state !== "admitted") return ctx.close();
+    analyser.getByteFrequencyData(bins);
+    g.fillStyle = "#000";
+    g.fillRect(0, 0, canvas.width, canvas.height);
+    g.fillStyle = "#4caf50";
+    // Log frequency axis from 20 Hz to 2 kHz.
+    for (let x = 0; x < canvas.width; x++) {
+      const f = 20 * Math.pow(100, x / canvas.width);
+      const v = bins[Math.min(bins.length - 1, Math.round(f / binHz))] / 255;
+      g.fillRect(x, canvas.height * (1 - v), 1, canvas.height * v);
+    }
+    requestAnimationFrame(draw);
+  };
+  draw();
+  return panel;
+}
+
+function renderWaiting(waiting) {
+  const ul = $("waiting-list");
+  ul.innerHTML = "";
+  if (!waiting.length) {
+    const li = document.createElement("li");
+    li.textContent = t("nobody_waiting");
+    ul.append(li);
+  }
+  for (const p of waiting) {
+    const li = document.createElement("li");
+    li.dataset.participant = p.participant_id;
+    const name = document.createElement("span");
+    name.textContent = `${p.name} (${roleText(p.role, p.companion_kind)})`;
+    const admit = document.createElement("button");
+    admit.className = "primary";
+    admit.textContent = t("admit");
+    admit.dataset.action = "admit";
+    admit.onclick = () => state.client.admit(p.participant_id);
+    const refuse = document.createElement("button");
+    refuse.textContent = t("refuse");
+    refuse.dataset.action = "refuse";
+    refuse.onclick = () => state.client.refuse(p.participant_id);
+    li.append(name, admit, refuse);
+    ul.append(li);
+  }
+}
+
+function renderParticipants() {
+  const ul = $("participant-list");
+  ul.innerHTML = "";
+  for (const [id, p] of state.client.participants) {
+    if (id === state.client.participantId) continue;
+    const li = document.createElement("li");
+    li.dataset.participant = id;
+    const name = document.createElement("span");
+    name.textContent = `${p.name} (${roleText(p.role, p.companion_kind)})`;
+    li.append(name);
+    if (state.client.role === "physician") {
+      const rm = document.createElement("button");
+      rm.textContent = t("remove");
+      rm.dataset.action = "remove";
+      rm.onclick = () => state.client.remove(id);
+      li.append(rm);
+    }
+    ul.append(li);
+  }
+  // Names may have arrived after tiles.
+  for (const { tile, info } of state.remote.values()) {
+    tile.querySelector(".label").textContent = `${participantName(info.participant_id)} — ${t(info.label)}`;
+  }
+}
+
+async function addToGallery(still) {
+  if ($("gallery").querySelector(`[data-still-id="${still.still_id}"]`)) return;
+  const fig = document.createElement("figure");
+  fig.dataset.stillId = still.still_id;
+  fig.dataset.size = String(still.size);
+  fig.dataset.sha256 = still.sha256;
+  const img = document.createElement("img");
+  img.alt = `${t(still.label)} — ${still.author_name}`;
+  const cap = document.createElement("figcaption");
+  cap.textContent = `${t(still.label)} · ${still.author_name} · ${new Date(still.taken_at_ms).toLocaleTimeString(currentLang())} · ${(still.size / 1024).toFixed(0)} Ko`;
+  fig.append(img, cap);
+  $("gallery").prepend(fig);
+  try {
+    const blob = await state.client.fetchStill(still.still_id);
+    img.src = URL.createObjectURL(blob);
+    fig.dataset.loadedBytes = String(blob.size);
+  } catch (e) {
+    problem(String(e));
+  }
+}
+
+// ---------- stills ----------
+
+async function frameToBlob(source, width, height) {
+  const canvas = document.createElement("canvas");
+  canvas.width = width;
+  canvas.height = height;
+  canvas.getContext("2d").drawImage(source, 0, 0, width, height);
+  return new Promise((resolve) => canvas.toBlob(resolve, "image/jpeg", 0.95));
+}
+
+/** Full-resolution still from a local camera: ImageCapture.takePhoto, else the full frame. */
+async function takeLocalStill(label) {
+  const track = state.localTracks[label];
+  if (!track) return;
+  let blob = null;
+  if (typeof ImageCapture !== "undefined") {
+    try {
+      const photo = await new ImageCapture(track).takePhoto();
+      if (photo.type === "image/jpeg" || photo.type === "image/png") blob = photo;
+      else blob = await frameToBlob(await createImageBitmap(photo), ...(await bitmapSize(photo)));
+    } catch {
+      try {
+        const bmp = await new ImageCapture(track).grabFrame();
+        blob = await frameToBlob(bmp, bmp.width, bmp.height);
+      } catch {
+        blob = null;
+      }
+    }
+  }
+  if (!blob) {
+    const v = document.querySelector(`.tile.local[data-label="${label}"] video`);
+    blob = await frameToBlob(v, v.videoWidth, v.videoHeight);
+  }
+  await state.client.queueStill(blob, { label, device: track.label, takenAt: Date.now() });
+}
+
+async function bitmapSize(blob) {
+  const b = await createImageBitmap(blob);
+  return [b.width, b.height];
+}
+
+async function takeFrameStill(video, label) {
+  const blob = await frameToBlob(video, video.videoWidth, video.videoHeight);
+  await state.client.queueStill(blob, { label, device: null, takenAt: Date.now() });
+}
+
+// ---------- quality ----------
+
+async function updateQuality() {
+  if (!state.client || state.client.state !== "admitted") return;
+  const { inbound } = await state.client.rtpStats();
+  const per = new Map();
+  for (const s of inbound) {
+    if (!s.participant_id) continue;
+    const a = per.get(s.participant_id) || { received: 0, lost: 0 };
+    a.received += s.packetsReceived || 0;
+    a.lost += s.packetsLost || 0;
+    per.set(s.participant_id, a);
+  }
+  for (const [id, now] of per) {
+    const before = state.stats.get(id) || { received: 0, lost: 0 };
+    state.stats.set(id, now);
+    const rec = now.received - before.received;
+    const lost = now.lost - before.lost;
+    const ratio = rec + lost > 0 ? lost / (rec + lost) : 0;
+    const level = rec === 0 ? "poor" : ratio > 0.05 ? "poor" : ratio > 0.01 ? "fair" : "good";
+    for (const el of document.querySelectorAll(`.quality[data-participant="${id}"]`)) {
+      el.textContent = t(`quality_${level}`);
+      el.className = `quality ${level}`;
+      el.dataset.level = level;
+    }
+  }
+}
+
+// ---------- flow ----------
+
+function endScreen(key) {
+  $("end-text").textContent = t(key);
+  show("end");
+}
+
+async function enterRoom() {
+  const c = state.client;
+  show("room");
+  $("physician-panel").hidden = c.role !== "physician";
+  $("gallery-panel").hidden = c.role !== "physician";
+  renderParticipants();
+  const tracks = await captureTracks();
+  for (const { track, label } of tracks) if (track.kind === "video") addLocalTile(label, track);
+  await c.publish(tracks);
+  if (c.role === "physician") for (const s of await c.listStills()) addToGallery(s);
+}
+
+async function join() {
+  $("join").disabled = true;
+  $("join").textContent = t("joining");
+  const c = new ConsultClient({ baseUrl: location.origin, token: state.token });
+  state.client = c;
+  c.addEventListener("track", (e) => addRemoteTile(e.detail));
+  c.addEventListener("waiting", (e) => renderWaiting(e.detail.waiting));
+  c.addEventListener("participants", (e) => {
+    renderParticipants();
+    if (e.detail.left) {
+      for (const [id, r] of state.remote) {
+        if (r.info.participant_id === e.detail.left) {
+          r.tile.remove();
+          state.remote.delete(id);
+        }
+      }
+    }
+  });
+  c.addEventListener("unpublished", (e) => {
+    const r = state.remote.get(e.detail.track_id);
+    if (r) r.tile.remove();
+    state.remote.delete(e.detail.track_id);
+  });
+  c.addEventListener("still", (e) => addToGallery(e.detail.still));
+  c.addEventListener("upload", (e) => {
+    const d = e.detail;
+    $("upload-status").textContent = d.done ? t("upload_done") : d.retrying ? t("upload_retry") : d.failed ? `${t("error")} : ${d.failed}` : d.queued ? t("uploading") : "";
+    if (d.done) $("upload-status").dataset.lastStill = d.done.still_id;
+  });
+  c.addEventListener("problem", (e) => problem(e.detail.message));
+  c.addEventListener("state", async (e) => {
+    const s = e.detail.state;
+    document.body.dataset.state = s;
+    if (s === "waiting") show("waiting");
+    else if (s === "admitted") await enterRoom().catch((err) => problem(String(err)));
+    else if (s === "refused" || s === "removed" || s === "ended") endScreen(s);
+  });
+  c.addEventListener("closed", () => {
+    if (c.state === "admitted" || c.state === "waiting") endScreen("closed");
+  });
+  try {
+    await c.connect();
+  } catch (e) {
+    problem(`${e.code || ""} ${e.message}`);
+    $("join").disabled = false;
+    $("join").textContent = t("join");
+  }
+}
+
+async function main() {
+  applyStrings();
+  $("lang").onclick = () => {
+    toggleLang();
+    applyStrings();
+    if (state.client) renderParticipants();
+  };
+  const token = new URLSearchParams(location.search).get("token");
+  if (!token) return show("none");
+  state.token = token;
+  state.claims = tokenClaims(token) || {};
+  $("who").textContent = `${state.claims.name || ""} — ${roleText(state.claims.role, state.claims.companion_kind)}`;
+  $("cart-devices").hidden = state.claims.role !== "companion";
+  show("check");
+  try {
+    await startPreview();
+    await listDevices();
+  } catch (e) {
+    problem(String(e));
+  }
+  for (const id of ["sel-camera", "sel-microphone"]) $(id).onchange = () => startPreview().catch((e) => problem(String(e)));
+  $("join").onclick = join;
+  $("mute-mic").onclick = () => {
+    const m = state.localTracks.microphone;
+    if (!m) return;
+    const muted = m.enabled;
+    state.client.setMuted("microphone", muted);
+    $("mute-mic").textContent = t(muted ? "unmute" : "mute");
+  };
+  $("toggle-cam").onclick = () => {
+    const cam = state.localTracks.camera;
+    if (!cam) return;
+    const off = cam.enabled;
+    state.client.setMuted("camera", off);
+    $("toggle-cam").textContent = t(off ? "camera_on" : "camera_off");
+  };
+  $("leave").onclick = () => {
+    state.client.leave();
+    endScreen("ended");
+  };
+  $("end").onclick = () => state.client.endConsultation();
+  setInterval(() => updateQuality().catch(() => {}), 2000);
+}
+
+main();

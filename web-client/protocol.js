@@ -1,0 +1,386 @@
+// DOM-free client of the consultation protocol (docs/protocol.md): signaling WebSocket, the
+// publisher and subscriber peer connections, and the still upload queue. The UI (app.js) only
+// listens to its events and calls its methods.
+
+export const PROTOCOL_VERSION = 1;
+
+// Opus settings for the stethoscope m-line: fullband, mono, no DTX, high bitrate, FEC on.
+const STETHOSCOPE_OPUS_FMTP =
+  "minptime=10;useinbandfec=1;usedtx=0;stereo=0;sprop-stereo=0;maxplaybackrate=48000;maxaveragebitrate=128000";
+
+/** Decode a JWT's claims for display (the server verifies the token, not us). */
+export function tokenClaims(token) {
+  try {
+    const b64 = token.split(".")[1].replace(/-/g, "+").replace(/_/g, "/");
+    const json = decodeURIComponent(
+      [...atob(b64)].map((c) => "%" + c.charCodeAt(0).toString(16).padStart(2, "0")).join(""),
+    );
+    return JSON.parse(json);
+  } catch {
+    return null;
+  }
+}
+
+/** Replace the Opus fmtp of the m-section with `mid` (per-track settings live in the SDP). */
+export function setOpusFmtp(sdp, mid, fmtp) {
+  const sections = sdp.split(/(?=\r\nm=)/);
+  return sections
+    .map((s) => {
+      if (!s.includes(`\r\na=mid:${mid}\r\n`) && !s.endsWith(`\r\na=mid:${mid}`)) return s;
+      const pt = (s.match(/a=rtpmap:(\d+) opus\/48000/i) || [])[1];
+      if (!pt) return s;
+      if (s.includes(`a=fmtp:${pt} `)) {
+        return s.replace(new RegExp(`a=fmtp:${pt} [^\\r\\n]*`), `a=fmtp:${pt} ${fmtp}`);
+      }
+      return s.replace(`a=rtpmap:${pt} opus/48000/2`, `a=rtpmap:${pt} opus/48000/2\r\na=fmtp:${pt} ${fmtp}`);
+    })
+    .join("");
+}
+
+async function sha256Hex(blob) {
+  const digest = await crypto.subtle.digest("SHA-256", await blob.arrayBuffer());
+  return [...new Uint8Array(digest)].map((b) => b.toString(16).padStart(2, "0")).join("");
+}
+
+export class ConsultClient extends EventTarget {
+  constructor({ baseUrl, token }) {
+    super();
+    this.baseUrl = baseUrl.replace(/\/$/, "");
+    this.token = token;
+    this.claims = tokenClaims(token);
+    this.participantId = null;
+    this.state = null; // "waiting" | "admitted" | "ended" | "refused" | "removed"
+    this.participants = new Map(); // id → participant info
+    this.subscribed = new Map(); // subscriber mid → {track_id, participant_id, label, kind}
+    this.published = []; // [{mid, label, muted, sender, track}]
+    this.publisher = null;
+    this.subscriber = null;
+    this.pendingPublish = null;
+    this.uploads = []; // queued stills
+    this.uploading = false;
+  }
+
+  emit(type, detail) {
+    this.dispatchEvent(new CustomEvent(type, { detail }));
+  }
+
+  send(msg) {
+    if (this.ws && this.ws.readyState === WebSocket.OPEN) this.ws.send(JSON.stringify(msg));
+  }
+
+  /** Open the WebSocket and join; resolves with the `joined` message. */
+  connect() {
+    const wsUrl = this.baseUrl.replace(/^http/, "ws") + "/ws";
+    return new Promise((resolve, reject) => {
+      const ws = new WebSocket(wsUrl);
+      this.ws = ws;
+      let joined = false;
+      ws.onopen = () => ws.send(JSON.stringify({ type: "join", version: PROTOCOL_VERSION, token: this.token }));
+      ws.onmessage = (ev) => {
+        let msg;
+        try {
+          msg = JSON.parse(ev.data);
+        } catch {
+          return;
+        }
+        if (!joined) {
+          if (msg.type === "joined") {
+            joined = true;
+            this.onJoined(msg);
+            resolve(msg);
+          } else if (msg.type === "error") {
+            reject(Object.assign(new Error(msg.message), { code: msg.code }));
+          }
+          return;
+        }
+        this.handle(msg).catch((e) => this.emit("problem", { message: String(e) }));
+      };
+      ws.onclose = () => {
+        if (!joined) reject(new Error("connection closed"));
+        this.emit("closed", {});
+      };
+      ws.onerror = () => this.emit("problem", { message: "websocket error" });
+    });
+  }
+
+  onJoined(msg) {
+    this.participantId = msg.participant_id;
+    this.role = msg.role;
+    this.state = msg.state;
+    this.participants = new Map(msg.participants.map((p) => [p.participant_id, p]));
+    this.subscriber = this.newPeer("subscriber");
+    this.subscriber.ontrack = (ev) => {
+      const info = this.subscribed.get(ev.transceiver.mid);
+      if (!info) return;
+      const stream = ev.streams[0] || new MediaStream([ev.track]);
+      this.emit("track", { info, track: ev.track, stream });
+    };
+    this.emit("state", { state: this.state });
+  }
+
+  newPeer(target) {
+    const pc = new RTCPeerConnection({ bundlePolicy: "max-bundle", rtcpMuxPolicy: "require" });
+    pc.onicecandidate = (ev) => {
+      if (ev.candidate) this.send({ type: "candidate", target, candidate: ev.candidate.toJSON() });
+    };
+    pc.onconnectionstatechange = () => this.emit("connection", { target, state: pc.connectionState });
+    return pc;
+  }
+
+  async handle(msg) {
+    switch (msg.type) {
+      case "admitted":
+        this.state = "admitted";
+        for (const p of msg.participants) this.participants.set(p.participant_id, p);
+        this.emit("state", { state: this.state });
+        break;
+      case "refused":
+      case "removed":
+        this.state = msg.type;
+        this.emit("state", { state: this.state, reason: msg.reason });
+        this.close();
+        break;
+      case "consultation_ended":
+        this.state = "ended";
+        this.emit("state", { state: this.state });
+        this.close();
+        break;
+      case "waiting_room":
+        this.emit("waiting", { waiting: msg.waiting });
+        break;
+      case "participant_joined":
+        this.participants.set(msg.participant.participant_id, msg.participant);
+        this.emit("participants", {});
+        break;
+      case "participant_left":
+        this.participants.delete(msg.participant_id);
+        this.emit("participants", { left: msg.participant_id, reason: msg.reason });
+        break;
+      case "track_published": {
+        const p = this.participants.get(msg.participant_id);
+        if (p) p.tracks = [...(p.tracks || []).filter((t) => t.track_id !== msg.track.track_id), msg.track];
+        this.emit("participants", {});
+        break;
+      }
+      case "track_unpublished":
+        this.emit("unpublished", { track_id: msg.track_id });
+        break;
+      case "mute_changed":
+        this.emit("mute", msg);
+        break;
+      case "publish_answer":
+        if (this.pendingPublish) this.pendingPublish.resolve(msg.sdp);
+        break;
+      case "subscriber_offer":
+        await this.answerSubscriber(msg);
+        break;
+      case "still_available":
+        this.emit("still", { still: msg.still });
+        break;
+      case "error":
+        if (this.pendingPublish && (msg.code === "bad_sdp" || msg.code === "not_admitted")) {
+          this.pendingPublish.reject(new Error(msg.message));
+        }
+        this.emit("problem", { code: msg.code, message: msg.message });
+        break;
+      default:
+        break;
+    }
+  }
+
+  async answerSubscriber(msg) {
+    for (const t of msg.tracks) this.subscribed.set(t.mid, t);
+    await this.subscriber.setRemoteDescription({ type: "offer", sdp: msg.sdp });
+    const answer = await this.subscriber.createAnswer();
+    await this.subscriber.setLocalDescription(answer);
+    this.send({ type: "subscriber_answer", sdp: this.subscriber.localDescription.sdp });
+  }
+
+  /**
+   * Publish tracks: [{track: MediaStreamTrack, label}] with label camera, microphone,
+   * stethoscope, otoscope or screen. One offer for all.
+   */
+  async publish(items) {
+    if (!this.publisher) this.publisher = this.newPeer("publisher");
+    const stream = new MediaStream();
+    const added = [];
+    for (const { track, label } of items) {
+      if (label === "otoscope") track.contentHint = "detail";
+      if (label === "stethoscope") track.contentHint = "music";
+      stream.addTrack(track);
+      const init = { direction: "sendonly", streams: [stream] };
+      if (label === "stethoscope") init.sendEncodings = [{ maxBitrate: 128000, priority: "high", networkPriority: "high" }];
+      const tr = this.publisher.addTransceiver(track, init);
+      added.push({ transceiver: tr, label, track });
+    }
+    const offer = await this.publisher.createOffer();
+    await this.publisher.setLocalDescription(offer);
+    for (const a of added) {
+      this.published.push({ mid: a.transceiver.mid, label: a.label, muted: false, sender: a.transceiver.sender, track: a.track });
+    }
+    const answerSdp = await new Promise((resolve, reject) => {
+      this.pendingPublish = { resolve, reject };
+      this.send({
+        type: "publish_offer",
+        sdp: this.publisher.localDescription.sdp,
+        tracks: this.published.map(({ mid, label, muted }) => ({ mid, label, muted })),
+      });
+      setTimeout(() => reject(new Error("no publish answer")), 15000);
+    }).finally(() => (this.pendingPublish = null));
+    let sdp = answerSdp;
+    // Per-track Opus settings: the sender encodes as the answer's fmtp says.
+    for (const p of this.published) {
+      if (p.label === "stethoscope") sdp = setOpusFmtp(sdp, p.mid, STETHOSCOPE_OPUS_FMTP);
+    }
+    await this.publisher.setRemoteDescription({ type: "answer", sdp });
+    return this.published;
+  }
+
+  setMuted(label, muted) {
+    for (const p of this.published.filter((p) => p.label === label)) {
+      p.track.enabled = !muted;
+      p.muted = muted;
+      this.send({ type: "mute", mid: p.mid, muted });
+    }
+  }
+
+  admit(id) { this.send({ type: "admit", participant_id: id }); }
+  refuse(id, reason) { this.send({ type: "refuse", participant_id: id, reason: reason || null }); }
+  remove(id) { this.send({ type: "remove", participant_id: id }); }
+  endConsultation() { this.send({ type: "end_consultation" }); }
+
+  leave() {
+    this.send({ type: "leave" });
+    this.close();
+  }
+
+  close() {
+    for (const pc of [this.publisher, this.subscriber]) if (pc) pc.close();
+    if (this.ws) this.ws.close();
+  }
+
+  authHeaders() {
+    return { authorization: `Bearer ${this.token}` };
+  }
+
+  /** Queue a still (a Blob) for upload; the queue retries and resumes until it arrives. */
+  async queueStill(blob, { label, device, takenAt }) {
+    const item = {
+      blob,
+      meta: {
+        label,
+        content_type: blob.type,
+        size: blob.size,
+        sha256: await sha256Hex(blob),
+        taken_at_ms: takenAt || Date.now(),
+        device: device || null,
+      },
+      uploadId: null,
+      offset: 0,
+    };
+    this.uploads.push(item);
+    this.emit("upload", { queued: this.uploads.length });
+    this.drainUploads();
+    return item;
+  }
+
+  async drainUploads() {
+    if (this.uploading) return;
+    this.uploading = true;
+    try {
+      while (this.uploads.length) {
+        const item = this.uploads[0];
+        try {
+          const still = await this.uploadOne(item);
+          this.uploads.shift();
+          this.emit("upload", { queued: this.uploads.length, done: still });
+        } catch (e) {
+          if (e.permanent) {
+            this.uploads.shift();
+            this.emit("upload", { queued: this.uploads.length, failed: e.message });
+          } else {
+            // The link dropped: wait and resume where the server says we stopped.
+            this.emit("upload", { queued: this.uploads.length, retrying: e.message });
+            await new Promise((r) => setTimeout(r, 2000));
+          }
+        }
+      }
+    } finally {
+      this.uploading = false;
+    }
+  }
+
+  async uploadOne(item) {
+    const api = async (path, init) => {
+      let r;
+      try {
+        r = await fetch(this.baseUrl + path, init);
+      } catch (e) {
+        throw Object.assign(new Error("network: " + e.message), { permanent: false });
+      }
+      const body = await r.json().catch(() => ({}));
+      if (!r.ok && r.status !== 409) {
+        throw Object.assign(new Error(body.message || r.statusText), { permanent: r.status < 500 });
+      }
+      return body;
+    };
+    if (!item.uploadId) {
+      const st = await api("/api/stills", {
+        method: "POST",
+        headers: { ...this.authHeaders(), "content-type": "application/json" },
+        body: JSON.stringify(item.meta),
+      });
+      item.uploadId = st.upload_id;
+      item.offset = st.offset;
+    } else {
+      const st = await api(`/api/stills/uploads/${item.uploadId}`, { headers: this.authHeaders() });
+      item.offset = st.offset;
+    }
+    const CHUNK = 256 * 1024;
+    for (;;) {
+      const chunk = item.blob.slice(item.offset, item.offset + CHUNK);
+      const st = await api(`/api/stills/uploads/${item.uploadId}?offset=${item.offset}`, {
+        method: "PUT",
+        headers: { ...this.authHeaders(), "content-type": "application/octet-stream" },
+        body: chunk,
+      });
+      if (st.code === "conflict") {
+        const s = await api(`/api/stills/uploads/${item.uploadId}`, { headers: this.authHeaders() });
+        item.offset = s.offset;
+        continue;
+      }
+      item.offset = st.offset;
+      this.emit("upload", { queued: this.uploads.length, progress: item.offset / item.meta.size });
+      if (st.still) return st.still;
+    }
+  }
+
+  async listStills() {
+    const r = await fetch(this.baseUrl + "/api/stills", { headers: this.authHeaders() });
+    return r.ok ? r.json() : [];
+  }
+
+  async fetchStill(id) {
+    const r = await fetch(`${this.baseUrl}/api/stills/${id}`, { headers: this.authHeaders() });
+    if (!r.ok) throw new Error(r.statusText);
+    return r.blob();
+  }
+
+  /** Inbound and outbound RTP stats of both connections, for the quality indicator and tests. */
+  async rtpStats() {
+    const out = { inbound: [], outbound: [] };
+    for (const pc of [this.subscriber, this.publisher]) {
+      if (!pc) continue;
+      const report = await pc.getStats();
+      report.forEach((s) => {
+        if (s.type === "inbound-rtp") {
+          const info = this.subscribed.get(s.mid) || {};
+          out.inbound.push({ ...info, kind: s.kind, mid: s.mid, bytesReceived: s.bytesReceived, packetsReceived: s.packetsReceived, packetsLost: s.packetsLost, jitter: s.jitter, framesDecoded: s.framesDecoded, frameWidth: s.frameWidth, frameHeight: s.frameHeight });
+        } else if (s.type === "outbound-rtp") {
+          out.outbound.push({ kind: s.kind, mid: s.mid, bytesSent: s.bytesSent, packetsSent: s.packetsSent });
+        }
+      });
+    }
+    return out;
+  }
+}

@@ -1,0 +1,215 @@
+// End-to-end test of the consult room in Debian's Chromium (fake camera and microphone):
+// physician, companion (cart) and patient pages against a real server. Run by tests/run.sh,
+// inside a network namespace that has only a loopback interface.
+
+import { test, before, after } from "node:test";
+import assert from "node:assert/strict";
+import { spawn } from "node:child_process";
+import { createHash } from "node:crypto";
+import { mkdirSync, mkdtempSync, rmSync } from "node:fs";
+import { tmpdir } from "node:os";
+import { join } from "node:path";
+import { chromium } from "playwright-core";
+
+const ROOT = new URL("../../", import.meta.url).pathname;
+const SERVER = process.env.CONSULT_SERVER_BIN || join(ROOT, "target/debug/consult-server");
+const ARTIFACTS = join(ROOT, "test-artifacts");
+const API = "Basic " + Buffer.from("devkey:dev-secret-change-me").toString("base64");
+
+let server;
+let baseUrl;
+let dataDir;
+let browser;
+
+function startServer() {
+  dataDir = mkdtempSync(join(tmpdir(), "consult-e2e-"));
+  server = spawn(
+    SERVER,
+    ["--insecure-http", "--http-bind", "127.0.0.1:0", "--udp-bind", "127.0.0.1:0", "--data-dir", dataDir],
+    { stdio: ["ignore", "pipe", "inherit"], env: { ...process.env, RUST_LOG: process.env.RUST_LOG || "warn" } },
+  );
+  return new Promise((resolve, reject) => {
+    let out = "";
+    server.stdout.on("data", (d) => {
+      out += d;
+      const m = out.match(/Consultation server: (http:\/\/\S+)/);
+      if (m) resolve(m[1]);
+    });
+    server.on("exit", (code) => reject(new Error(`server exited with ${code}`)));
+    setTimeout(() => reject(new Error("server did not start")), 20000);
+  });
+}
+
+before(async () => {
+  mkdirSync(ARTIFACTS, { recursive: true });
+  baseUrl = await startServer();
+  browser = await chromium.launch({
+    executablePath: process.env.CHROMIUM || "/usr/bin/chromium",
+    headless: true,
+    args: [
+      "--no-sandbox",
+      "--use-fake-ui-for-media-stream",
+      "--use-fake-device-for-media-stream",
+      "--allow-loopback-in-peer-connection",
+      "--autoplay-policy=no-user-gesture-required",
+      "--disable-gpu",
+      "--disable-quic",
+      "--no-first-run",
+      "--disable-background-networking",
+      "--disable-component-update",
+      "--disable-sync",
+    ],
+  });
+});
+
+after(async () => {
+  if (browser) await browser.close();
+  if (server) server.kill();
+  if (dataDir) rmSync(dataDir, { recursive: true, force: true });
+});
+
+async function createConsultation() {
+  const r = await fetch(`${baseUrl}/api/consultations`, {
+    method: "POST",
+    headers: { authorization: API, "content-type": "application/json" },
+    body: JSON.stringify({
+      physician: { identity: "rpps-10001", name: "Dr Martin" },
+      patient: { identity: "ins-1", name: "Mme Durand" },
+      companion: { identity: "ide-7", name: "Julie", companion_kind: "nurse" },
+    }),
+  });
+  assert.equal(r.status, 200);
+  const c = await r.json();
+  return Object.fromEntries(c.links.map((l) => [l.role, l.url]));
+}
+
+async function openPage(url, name) {
+  const context = await browser.newContext({ viewport: { width: 1280, height: 900 } });
+  const page = await context.newPage();
+  page.on("pageerror", (e) => console.error(`[${name}] page error: ${e.message}`));
+  page.on("console", (m) => {
+    if (m.type() === "error") console.error(`[${name}] ${m.text()}`);
+  });
+  await page.goto(url);
+  await page.waitForSelector("#screen-check:not([hidden])");
+  // The device check shows a live preview before joining.
+  await page.waitForFunction(() => document.getElementById("preview").videoWidth > 0);
+  return page;
+}
+
+const stats = (page) => page.evaluate(() => window.consult.client.rtpStats());
+
+/** Wait until `check(stats)` holds on `page`, polling getStats. */
+async function waitStats(page, what, check, timeoutMs = 30000) {
+  const deadline = Date.now() + timeoutMs;
+  let last;
+  while (Date.now() < deadline) {
+    last = await stats(page);
+    if (check(last)) return last;
+    await new Promise((r) => setTimeout(r, 500));
+  }
+  assert.fail(`${what}: not reached; last stats ${JSON.stringify(last)}`);
+}
+
+function inbound(s, label) {
+  return s.inbound.filter((i) => i.label === label);
+}
+
+test("waiting room, admission, media both ways, stethoscope settings and a still", { timeout: 180000 }, async () => {
+  const links = await createConsultation();
+
+  const doc = await openPage(links.physician, "physician");
+  await doc.click("#join");
+  await doc.waitForSelector("body[data-state=admitted]");
+
+  const cart = await openPage(links.companion, "companion");
+  await cart.check("#use-stethoscope");
+  await cart.check("#use-otoscope");
+  await cart.click("#join");
+  await cart.waitForSelector("body[data-state=waiting]");
+  assert.match(await cart.textContent("#waiting-text"), /attente/);
+
+  const patient = await openPage(links.patient, "patient");
+  await patient.click("#join");
+  await patient.waitForSelector("body[data-state=waiting]");
+
+  const cartId = await cart.evaluate(() => window.consult.client.participantId);
+  const patientId = await patient.evaluate(() => window.consult.client.participantId);
+  await doc.waitForSelector(`#waiting-list li[data-participant="${cartId}"]`);
+  await doc.waitForSelector(`#waiting-list li[data-participant="${patientId}"]`);
+  await doc.screenshot({ path: join(ARTIFACTS, "physician-waiting-room.png") });
+
+  // The physician refuses the patient link and admits the nurse's cart.
+  await doc.click(`#waiting-list li[data-participant="${patientId}"] button[data-action=refuse]`);
+  await patient.waitForSelector("body[data-state=refused]");
+  await doc.click(`#waiting-list li[data-participant="${cartId}"] button[data-action=admit]`);
+  await cart.waitForSelector("body[data-state=admitted]");
+
+  // The physician decodes the cart's camera and otoscope and hears its microphone and stethoscope.
+  const first = await waitStats(doc, "physician receives the cart", (s) =>
+    ["camera", "otoscope"].every((l) => inbound(s, l).some((i) => i.framesDecoded > 0)) &&
+    ["microphone", "stethoscope"].every((l) => inbound(s, l).some((i) => i.bytesReceived > 0)),
+  );
+  await waitStats(doc, "physician's audio keeps flowing", (s) =>
+    ["microphone", "stethoscope"].every((l) => {
+      const before = inbound(first, l)[0].bytesReceived;
+      return inbound(s, l).some((i) => i.bytesReceived > before + 1000);
+    }),
+  );
+  // And the cart sees and hears the physician.
+  const cartFirst = await waitStats(cart, "cart receives the physician", (s) =>
+    inbound(s, "camera").some((i) => i.framesDecoded > 0) && inbound(s, "microphone").some((i) => i.bytesReceived > 0),
+  );
+  await waitStats(cart, "cart's audio keeps flowing", (s) =>
+    inbound(s, "microphone").some((i) => i.bytesReceived > inbound(cartFirst, "microphone")[0].bytesReceived + 1000),
+  );
+
+  // The stethoscope is captured raw and sent as fullband Opus without DTX.
+  const steth = await cart.evaluate(() => {
+    const c = window.consult;
+    const settings = c.localTracks.stethoscope.getSettings();
+    const p = c.client.published.find((x) => x.label === "stethoscope");
+    const section = c.client.publisher.remoteDescription.sdp.split("\r\nm=").find((s) => s.includes(`a=mid:${p.mid}\r\n`));
+    return { settings, section };
+  });
+  assert.equal(steth.settings.echoCancellation, false);
+  assert.equal(steth.settings.noiseSuppression, false);
+  assert.equal(steth.settings.autoGainControl, false);
+  assert.match(steth.section, /usedtx=0/);
+  assert.match(steth.section, /maxaveragebitrate=128000/);
+  assert.match(steth.section, /stereo=0/);
+
+  // The refused patient got no media at all.
+  const patientMedia = await patient.evaluate(async () => {
+    const c = window.consult.client;
+    return { tiles: document.querySelectorAll(".tile.remote").length, subscribed: c.subscribed.size, published: c.published.length };
+  });
+  assert.deepEqual(patientMedia, { tiles: 0, subscribed: 0, published: 0 });
+
+  // A still from the otoscope, taken on the cart, reaches the physician's gallery intact.
+  await cart.click("button[data-still=otoscope]");
+  const stillId = await cart.waitForFunction(() => document.getElementById("upload-status").dataset.lastStill, null, { timeout: 30000 });
+  const id = await stillId.jsonValue();
+  const fig = await doc.waitForSelector(`#gallery figure[data-still-id="${id}"][data-loaded-bytes]`, { timeout: 30000 });
+  const shown = await fig.evaluate((f) => ({ size: Number(f.dataset.size), loaded: Number(f.dataset.loadedBytes), sha256: f.dataset.sha256 }));
+  assert.equal(shown.loaded, shown.size);
+  // With the API secret the room is named in the query.
+  const room = await doc.evaluate(() => window.consult.client.claims.room);
+  const bytes = Buffer.from(await (await fetch(`${baseUrl}/api/stills/${id}?room=${room}`, { headers: { authorization: API } })).arrayBuffer());
+  assert.equal(bytes.length, shown.size);
+  assert.equal(createHash("sha256").update(bytes).digest("hex"), shown.sha256);
+  const dims = await doc.evaluate((sid) => {
+    const img = document.querySelector(`#gallery figure[data-still-id="${sid}"] img`);
+    return img.decode().then(() => ({ w: img.naturalWidth, h: img.naturalHeight }));
+  }, id);
+  const track = await cart.evaluate(() => window.consult.localTracks.otoscope.getSettings());
+  assert.ok(dims.w >= track.width && dims.h >= track.height, `still ${dims.w}x${dims.h} vs track ${track.width}x${track.height}`);
+
+  await doc.screenshot({ path: join(ARTIFACTS, "physician.png") });
+  await cart.screenshot({ path: join(ARTIFACTS, "companion.png") });
+  await patient.screenshot({ path: join(ARTIFACTS, "patient-refused.png") });
+
+  // Ending the consultation reaches the cart.
+  await doc.click("#end");
+  await cart.waitForSelector("body[data-state=ended]");
+});
