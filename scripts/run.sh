@@ -5,5 +5,5 @@
 # scripts/run.sh --help
 set -euo pipefail
 cd "$(dirname "$0")/.."
-scripts/install-deps.sh
+scripts/install-deps.sh build
 exec cargo run --release --locked -p consult-signaling --bin consult-server -- "$@"

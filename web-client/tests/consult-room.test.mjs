@@ -186,10 +186,21 @@ test("waiting room, admission, media both ways, stethoscope settings and a still
   });
   assert.deepEqual(patientMedia, { tiles: 0, subscribed: 0, published: 0 });
 
-  // A still from the otoscope, taken on the cart, reaches the physician's gallery intact.
+  // A still from the otoscope, taken on the cart, reaches the physician's gallery intact, even
+  // though the link drops during its upload: the queue retries and resumes.
+  let dropped = 0;
+  await cart.route("**/api/stills/uploads/**", (route) => {
+    if (route.request().method() === "PUT" && dropped === 0) {
+      dropped += 1;
+      return route.abort("connectionreset");
+    }
+    return route.continue();
+  });
   await cart.click("button[data-still=otoscope]");
+  await cart.waitForFunction(() => /essai|retry/i.test(document.getElementById("upload-status").textContent), null, { timeout: 15000 });
   const stillId = await cart.waitForFunction(() => document.getElementById("upload-status").dataset.lastStill, null, { timeout: 30000 });
   const id = await stillId.jsonValue();
+  assert.equal(dropped, 1, "the upload was cut once");
   const fig = await doc.waitForSelector(`#gallery figure[data-still-id="${id}"][data-loaded-bytes]`, { timeout: 30000 });
   const shown = await fig.evaluate((f) => ({ size: Number(f.dataset.size), loaded: Number(f.dataset.loadedBytes), sha256: f.dataset.sha256 }));
   assert.equal(shown.loaded, shown.size);
