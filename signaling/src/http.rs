@@ -29,13 +29,27 @@ const WS_TRANSPORT_LIMIT: usize = 1024 * 1024;
 pub fn router(state: Arc<AppState>) -> Router {
     Router::new()
         .route("/", get(index))
-        .route("/app.js", get(|| asset("text/javascript", include_str!("../../web-client/app.js"))))
+        .route(
+            "/app.js",
+            get(|| asset("text/javascript", include_str!("../../web-client/app.js"))),
+        )
         .route(
             "/protocol.js",
-            get(|| asset("text/javascript", include_str!("../../web-client/protocol.js"))),
+            get(|| {
+                asset(
+                    "text/javascript",
+                    include_str!("../../web-client/protocol.js"),
+                )
+            }),
         )
-        .route("/i18n.js", get(|| asset("text/javascript", include_str!("../../web-client/i18n.js"))))
-        .route("/style.css", get(|| asset("text/css", include_str!("../../web-client/style.css"))))
+        .route(
+            "/i18n.js",
+            get(|| asset("text/javascript", include_str!("../../web-client/i18n.js"))),
+        )
+        .route(
+            "/style.css",
+            get(|| asset("text/css", include_str!("../../web-client/style.css"))),
+        )
         .route("/healthz", get(|| async { "ok" }))
         .route("/ws", get(ws_upgrade))
         .route("/api/tokens", post(mint_token))
