@@ -5,6 +5,9 @@
 //! protocol as the web client (`docs/protocol.md`): one publisher connection on which the client
 //! offers, one subscriber connection on which the server offers.
 
+pub mod audio;
+pub mod fidelity;
+pub mod heart;
 mod peer;
 pub mod relay;
 mod rtx;

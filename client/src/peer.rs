@@ -130,6 +130,46 @@ impl LocalTrack {
         Ok(())
     }
 
+    /// Send encoded frames (e.g. Opus packets) one per `interval`, in real time. `None` frames
+    /// (DTX) are not sent but advance the RTP clock. Returns how many packets were written.
+    pub fn send_frames(
+        &self,
+        frames: Vec<Option<Vec<u8>>>,
+        interval: Duration,
+    ) -> tokio::task::JoinHandle<u32> {
+        let track = self.track.clone();
+        let ticks = (u64::from(self.clock_rate) * interval.as_micros() as u64 / 1_000_000) as u32;
+        tokio::spawn(async move {
+            let mut tick = tokio::time::interval(interval);
+            tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Burst);
+            let (mut sent, mut seq, mut gap) = (0u32, 0u16, true);
+            for (i, frame) in frames.into_iter().enumerate() {
+                tick.tick().await;
+                let Some(payload) = frame else {
+                    gap = true;
+                    continue;
+                };
+                let pkt = webrtc::rtp::packet::Packet {
+                    header: webrtc::rtp::header::Header {
+                        version: 2,
+                        // RFC 7587: the marker flags the first packet after a DTX gap.
+                        marker: gap,
+                        sequence_number: seq,
+                        timestamp: (i as u32).wrapping_mul(ticks),
+                        ..Default::default()
+                    },
+                    payload: payload.into(),
+                };
+                gap = false;
+                seq = seq.wrapping_add(1);
+                if track.write_rtp(&pkt).await.is_ok() {
+                    sent += 1;
+                }
+            }
+            sent
+        })
+    }
+
     /// Send `count` synthetic packets (see [`crate::synthetic`]) every `interval`, tagged `tag`.
     /// Returns how many were written.
     pub fn send_synthetic(
