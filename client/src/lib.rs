@@ -71,6 +71,7 @@ struct Inner {
     /// Subscriber-side mid → what it carries, from the latest offer.
     subscribed: Mutex<HashMap<String, SubscribedTrack>>,
     options: ClientOptions,
+    closer: Arc<tokio::sync::Notify>,
 }
 
 pub struct Client {
@@ -92,7 +93,11 @@ impl Client {
         token: &str,
         options: ClientOptions,
     ) -> anyhow::Result<Client> {
-        let (out, mut incoming) = signal::connect(ws_url).await?;
+        let signal::Signal {
+            out,
+            mut incoming,
+            closer,
+        } = signal::connect(ws_url).await?;
         out.send(ClientMsg::Join {
             version: PROTOCOL_VERSION,
             token: token.to_owned(),
@@ -118,6 +123,7 @@ impl Client {
             pending_publish: Mutex::new(None),
             subscribed: Mutex::new(HashMap::new()),
             options,
+            closer,
         });
         let (events_tx, events) = mpsc::unbounded_channel();
         let subscriber = peer::new_peer_connection(!inner.options.without_rtx_repair).await?;
@@ -241,6 +247,17 @@ impl Client {
         )
         .await?;
         Ok(added)
+    }
+
+    /// Drop every connection at once without leaving, as a lost link does. The server keeps
+    /// the participant's admission for a grace period, so connecting again with the same
+    /// token goes straight back into the room.
+    pub async fn disconnect(self) {
+        self.inner.closer.notify_one();
+        if let Some(pc) = &self.publisher {
+            let _ = pc.close().await;
+        }
+        let _ = self.subscriber.close().await;
     }
 
     /// Leave the consultation and close the connections.

@@ -3,27 +3,33 @@
 use anyhow::Context;
 use consult_protocol::{ClientMsg, ServerMsg};
 use futures_util::{SinkExt, StreamExt};
-use tokio::sync::mpsc;
+use std::sync::Arc;
+use tokio::sync::{mpsc, Notify};
 use tokio_tungstenite::tungstenite::Message;
 use tracing::warn;
 
-/// Connect and return (messages to send, messages received). The receiver ends when the
-/// connection closes.
-pub async fn connect(
-    url: &str,
-) -> anyhow::Result<(
-    mpsc::UnboundedSender<ClientMsg>,
-    mpsc::UnboundedReceiver<ServerMsg>,
-)> {
+/// The two ends of a signaling connection.
+pub struct Signal {
+    pub out: mpsc::UnboundedSender<ClientMsg>,
+    pub incoming: mpsc::UnboundedReceiver<ServerMsg>,
+    /// Notify to close the WebSocket at once (no `leave`: the server sees a dropped link).
+    pub closer: Arc<Notify>,
+}
+
+/// Connect. `incoming` ends when the connection closes.
+pub async fn connect(url: &str) -> anyhow::Result<Signal> {
     let (ws, _) = tokio_tungstenite::connect_async(url)
         .await
         .with_context(|| format!("connecting to {url}"))?;
     let (mut sink, mut stream) = ws.split();
     let (out_tx, mut out_rx) = mpsc::unbounded_channel::<ClientMsg>();
     let (in_tx, in_rx) = mpsc::unbounded_channel::<ServerMsg>();
+    let closer = Arc::new(Notify::new());
+    let close = closer.clone();
     tokio::spawn(async move {
         loop {
             tokio::select! {
+                _ = close.notified() => break,
                 out = out_rx.recv() => {
                     let Some(msg) = out else { break };
                     let Ok(text) = serde_json::to_string(&msg) else { continue };
@@ -47,5 +53,9 @@ pub async fn connect(
         }
         let _ = sink.close().await;
     });
-    Ok((out_tx, in_rx))
+    Ok(Signal {
+        out: out_tx,
+        incoming: in_rx,
+        closer,
+    })
 }

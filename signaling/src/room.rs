@@ -9,6 +9,11 @@ use consult_protocol::{
     PublishedTrack, Role, ServerMsg, TrackInfo, PROTOCOL_VERSION,
 };
 use serde_json::{json, Value};
+use std::time::{Duration, Instant};
+
+/// How long an admitted participant whose connection dropped may come back without being
+/// admitted again (a cart on a rural link reconnecting).
+pub const REJOIN_GRACE: Duration = Duration::from_secs(120);
 
 /// Something the hub must do after an input.
 #[derive(Debug, Clone, PartialEq)]
@@ -46,6 +51,7 @@ pub enum Input {
         name: String,
         role: Role,
         companion_kind: Option<CompanionKind>,
+        now: Instant,
     },
     Admit {
         by: ParticipantId,
@@ -66,6 +72,7 @@ pub enum Input {
     Leave {
         id: ParticipantId,
         reason: LeaveReason,
+        now: Instant,
     },
     /// The SFU accepted a publisher offer carrying these tracks.
     TracksPublished {
@@ -128,6 +135,8 @@ pub struct Room {
     name: String,
     members: Vec<Member>,
     ended: bool,
+    /// Identities admitted before their connection dropped, until when they may rejoin.
+    rejoin_until: Vec<(String, Instant)>,
 }
 
 impl Room {
@@ -136,6 +145,7 @@ impl Room {
             name: name.to_owned(),
             members: Vec::new(),
             ended: false,
+            rejoin_until: Vec::new(),
         }
     }
 
@@ -185,18 +195,30 @@ impl Room {
                 name,
                 role,
                 companion_kind,
-            } => self.join(&mut fx, id, identity, name, role, companion_kind)?,
+                now,
+            } => {
+                let rejoin = self.take_rejoin(&identity, now);
+                self.join(&mut fx, id, identity, name, role, companion_kind, rejoin)?
+            }
             Input::Admit { by, target } => self.admit(&mut fx, &by, &target)?,
             Input::Refuse { by, target, reason } => self.refuse(&mut fx, &by, &target, reason)?,
             Input::Remove { by, target } => self.remove(&mut fx, &by, &target)?,
             Input::End { by } => self.end(&mut fx, &by)?,
-            Input::Leave { id, reason } => self.leave(&mut fx, &id, reason),
+            Input::Leave { id, reason, now } => self.leave(&mut fx, &id, reason, now),
             Input::TracksPublished { id, tracks } => self.publish(&mut fx, &id, tracks)?,
             Input::Mute { id, mid, muted } => self.mute(&mut fx, &id, &mid, muted)?,
         }
         Ok(fx)
     }
 
+    /// Whether `identity` dropped while admitted less than [`REJOIN_GRACE`] ago (consumed).
+    fn take_rejoin(&mut self, identity: &str, now: Instant) -> bool {
+        self.rejoin_until.retain(|(_, until)| *until > now);
+        let found = self.rejoin_until.iter().position(|(i, _)| i == identity);
+        found.map(|i| self.rejoin_until.swap_remove(i)).is_some()
+    }
+
+    #[allow(clippy::too_many_arguments)]
     fn join(
         &mut self,
         fx: &mut Vec<Effect>,
@@ -205,6 +227,7 @@ impl Room {
         name: String,
         role: Role,
         companion_kind: Option<CompanionKind>,
+        rejoin: bool,
     ) -> Result<(), Refusal> {
         if self.ended {
             return Err(refuse(
@@ -214,7 +237,7 @@ impl Room {
         }
         // A second connection of the same identity takes over (a reconnect): the earlier one
         // is closed, and an admitted participant stays admitted.
-        let mut state = if role.grants().bypass_waiting_room {
+        let mut state = if role.grants().bypass_waiting_room || rejoin {
             AdmissionState::Admitted
         } else {
             AdmissionState::Waiting
@@ -261,7 +284,7 @@ impl Room {
             "join",
             None,
             json!({"participant": id, "role": role, "name": member.name,
-                   "companion_kind": companion_kind, "state": state}),
+                   "companion_kind": companion_kind, "state": state, "rejoin": rejoin}),
         ));
         let participants = if member.admitted() {
             self.admitted_infos()
@@ -445,10 +468,14 @@ impl Room {
         Ok(())
     }
 
-    fn leave(&mut self, fx: &mut Vec<Effect>, id: &str, reason: LeaveReason) {
+    fn leave(&mut self, fx: &mut Vec<Effect>, id: &str, reason: LeaveReason, now: Instant) {
         // Unknown here: already removed, refused or replaced.
         let Some(i) = self.index(id) else { return };
         let m = self.members.remove(i);
+        if m.admitted() && reason == LeaveReason::Disconnected {
+            self.rejoin_until
+                .push((m.identity.clone(), now + REJOIN_GRACE));
+        }
         let action = match reason {
             LeaveReason::Disconnected => "disconnect",
             _ => "leave",
@@ -657,6 +684,7 @@ mod tests {
             name: id.into(),
             role,
             companion_kind: (role == Role::Companion).then_some(CompanionKind::Nurse),
+            now: Instant::now(),
         })
         .expect("join accepted")
     }
@@ -808,6 +836,7 @@ mod tests {
                 name: "pat".into(),
                 role: Role::Patient,
                 companion_kind: None,
+                now: Instant::now(),
             })
             .unwrap();
         assert!(fx
@@ -823,6 +852,7 @@ mod tests {
             .handle(Input::Leave {
                 id: "pat".into(),
                 reason: LeaveReason::Disconnected,
+                now: Instant::now(),
             })
             .unwrap();
         assert!(fx.is_empty());
@@ -879,6 +909,55 @@ mod tests {
     }
 
     #[test]
+    fn a_dropped_admitted_participant_rejoins_within_the_grace_period_only() {
+        let t0 = Instant::now();
+        let mut r = Room::new("r");
+        join(&mut r, "doc", Role::Physician);
+        join(&mut r, "cart", Role::Companion);
+        r.handle(Input::Admit {
+            by: "doc".into(),
+            target: "cart".into(),
+        })
+        .unwrap();
+        let drop = |r: &mut Room, id: &str, reason| {
+            r.handle(Input::Leave {
+                id: id.into(),
+                reason,
+                now: t0,
+            })
+            .unwrap();
+        };
+        let rejoin = |r: &mut Room, id: &str, at: Instant| {
+            r.handle(Input::Join {
+                id: id.into(),
+                identity: "ident-cart".into(),
+                name: "cart".into(),
+                role: Role::Companion,
+                companion_kind: None,
+                now: at,
+            })
+            .unwrap()
+        };
+        drop(&mut r, "cart", LeaveReason::Disconnected);
+        let fx = rejoin(&mut r, "cart2", t0 + Duration::from_secs(30));
+        assert!(starts(&fx, "cart2"), "back in without a new admission");
+        // The grace is used once: dropped again and back too late, it waits.
+        drop(&mut r, "cart2", LeaveReason::Disconnected);
+        let fx = rejoin(&mut r, "cart3", t0 + REJOIN_GRACE + Duration::from_secs(1));
+        assert!(!starts(&fx, "cart3"));
+        assert!(!r.is_admitted("cart3"));
+        // Leaving on purpose gives no grace.
+        r.handle(Input::Admit {
+            by: "doc".into(),
+            target: "cart3".into(),
+        })
+        .unwrap();
+        drop(&mut r, "cart3", LeaveReason::Left);
+        let fx = rejoin(&mut r, "cart4", t0 + Duration::from_secs(1));
+        assert!(!starts(&fx, "cart4"));
+    }
+
+    #[test]
     fn ending_closes_everyone_and_refuses_later_joins() {
         let mut r = Room::new("r");
         join(&mut r, "doc", Role::Physician);
@@ -898,6 +977,7 @@ mod tests {
                 name: "x".into(),
                 role: Role::Physician,
                 companion_kind: None,
+                now: Instant::now(),
             })
             .unwrap_err();
         assert_eq!(e.code, ErrorCode::ConsultationEnded);
@@ -927,6 +1007,7 @@ mod tests {
             r.handle(Input::Leave {
                 id: "pat".into(),
                 reason: LeaveReason::Left,
+                now: Instant::now(),
             })
             .unwrap(),
         );

@@ -235,6 +235,7 @@ pub async fn run_session(state: Arc<AppState>, socket: WebSocket) {
             name: claims.name.clone(),
             role: claims.role,
             companion_kind: claims.companion_kind,
+            now: std::time::Instant::now(),
         },
     );
     if let Err(r) = joined {
@@ -295,6 +296,7 @@ pub async fn run_session(state: Arc<AppState>, socket: WebSocket) {
         Input::Leave {
             id: id.clone(),
             reason: leave_reason,
+            now: std::time::Instant::now(),
         },
     );
     // Make sure the media session is gone even if the room had already forgotten us.
