@@ -175,6 +175,22 @@ function addRemoteTile({ info, track }) {
       photo.textContent = t("take_still");
       photo.onclick = () => takeFrameStill(v, info.label);
       actions.append(big, photo);
+      if (info.label === "otoscope" || info.label === "camera") {
+        // Far-end control of the cart's device.
+        const steer = (key, command) => {
+          const b = document.createElement("button");
+          b.textContent = t(key);
+          b.dataset.control = command.action;
+          b.onclick = () => state.client.deviceControl(info.participant_id, { label: info.label, ...command });
+          return b;
+        };
+        actions.append(
+          steer("zoom_in", { action: "zoom", level: 2 }),
+          steer("zoom_out", { action: "zoom", level: 1 }),
+          steer("freeze", { action: "freeze" }),
+          steer("unfreeze", { action: "unfreeze" }),
+        );
+      }
       tile.append(actions);
       if (info.label === "otoscope") tile.classList.add("enlarged");
     }
@@ -352,6 +368,42 @@ async function takeFrameStill(video, label) {
   await state.client.queueStill(blob, { label, device: null, takenAt: Date.now() });
 }
 
+// ---------- far-end control (cart side) ----------
+
+const frozen = {}; // label → {canvasTrack}
+
+async function onDeviceControl({ command }) {
+  const { action, label } = command;
+  const track = state.localTracks[label];
+  if (!track) return;
+  if (action === "disable" || action === "enable") {
+    state.client.setMuted(label, action === "disable");
+  } else if (action === "zoom") {
+    const caps = track.getCapabilities ? track.getCapabilities() : {};
+    if (caps.zoom) {
+      const level = Math.min(caps.zoom.max, Math.max(caps.zoom.min, command.level));
+      await track.applyConstraints({ advanced: [{ zoom: level }] });
+    } else {
+      problem(`zoom: ${t(label)}`);
+    }
+  } else if (action === "freeze" && !frozen[label]) {
+    // Send the current frame, held, instead of the live camera.
+    const v = document.querySelector(`.tile.local[data-label="${label}"] video`);
+    const canvas = document.createElement("canvas");
+    canvas.width = v.videoWidth;
+    canvas.height = v.videoHeight;
+    canvas.getContext("2d").drawImage(v, 0, 0);
+    const held = canvas.captureStream(5).getVideoTracks()[0];
+    frozen[label] = held;
+    await state.client.replaceTrack(label, held);
+  } else if (action === "unfreeze" && frozen[label]) {
+    await state.client.replaceTrack(label, track);
+    frozen[label].stop();
+    delete frozen[label];
+  }
+  document.body.dataset.lastControl = `${action}:${label}`;
+}
+
 // ---------- quality ----------
 
 async function updateQuality() {
@@ -423,6 +475,7 @@ async function join() {
     state.remote.delete(e.detail.track_id);
   });
   c.addEventListener("still", (e) => addToGallery(e.detail.still));
+  c.addEventListener("device", (e) => onDeviceControl(e.detail).catch((err) => problem(String(err))));
   c.addEventListener("upload", (e) => {
     const d = e.detail;
     $("upload-status").textContent = d.done ? t("upload_done") : d.retrying ? t("upload_retry") : d.failed ? `${t("error")} : ${d.failed}` : d.queued ? t("uploading") : "";

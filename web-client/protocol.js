@@ -174,6 +174,9 @@ export class ConsultClient extends EventTarget {
       case "subscriber_offer":
         await this.answerSubscriber(msg);
         break;
+      case "device_control":
+        this.emit("device", { from: msg.from, command: msg.command });
+        break;
       case "still_available":
         this.emit("still", { still: msg.still });
         break;
@@ -242,6 +245,15 @@ export class ConsultClient extends EventTarget {
       p.muted = muted;
       this.send({ type: "mute", mid: p.mid, muted });
     }
+  }
+
+  /** Physician: steer a cart's camera or otoscope ({action, label, level?}). */
+  deviceControl(id, command) { this.send({ type: "device_control", participant_id: id, command }); }
+
+  /** Swap what a published track sends (e.g. a frozen frame) without renegotiating. */
+  async replaceTrack(label, track) {
+    const p = this.published.find((x) => x.label === label);
+    if (p) await p.sender.replaceTrack(track);
   }
 
   admit(id) { this.send({ type: "admit", participant_id: id }); }

@@ -130,6 +130,11 @@ pub enum ClientMsg {
     },
     /// Physician: end the consultation for everyone.
     EndConsultation,
+    /// Physician: steer a device of another participant's cart (far-end camera control).
+    DeviceControl {
+        participant_id: ParticipantId,
+        command: DeviceCommand,
+    },
     Leave,
     Ping,
 }
@@ -192,6 +197,11 @@ pub enum ServerMsg {
     },
     ConsultationEnded {
         by: ParticipantId,
+    },
+    /// To a cart: a physician steers one of its devices.
+    DeviceControl {
+        from: ParticipantId,
+        command: DeviceCommand,
     },
     /// To physicians: a still image was uploaded to the consultation.
     StillAvailable {
@@ -438,4 +448,41 @@ pub struct StillInfo {
     pub uploaded_at_ms: i64,
     #[serde(default)]
     pub device: Option<String>,
+}
+
+/// What a physician may ask of a cart's camera or otoscope.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(tag = "action", rename_all = "snake_case")]
+pub enum DeviceCommand {
+    /// Switch the device's track on (publishing again) or off.
+    Enable {
+        label: TrackLabel,
+    },
+    Disable {
+        label: TrackLabel,
+    },
+    /// Hold the current frame (for a careful look at a lesion), and release it.
+    Freeze {
+        label: TrackLabel,
+    },
+    Unfreeze {
+        label: TrackLabel,
+    },
+    /// Optical or digital zoom factor, 1.0 = none.
+    Zoom {
+        label: TrackLabel,
+        level: f32,
+    },
+}
+
+impl DeviceCommand {
+    pub fn label(&self) -> TrackLabel {
+        match self {
+            DeviceCommand::Enable { label }
+            | DeviceCommand::Disable { label }
+            | DeviceCommand::Freeze { label }
+            | DeviceCommand::Unfreeze { label }
+            | DeviceCommand::Zoom { label, .. } => *label,
+        }
+    }
 }

@@ -5,8 +5,8 @@
 //! rule of the waiting room is unit-tested here.
 
 use consult_protocol::{
-    AdmissionState, CompanionKind, ErrorCode, LeaveReason, ParticipantId, ParticipantInfo,
-    PublishedTrack, Role, ServerMsg, TrackInfo, PROTOCOL_VERSION,
+    AdmissionState, CompanionKind, DeviceCommand, ErrorCode, LeaveReason, ParticipantId,
+    ParticipantInfo, PublishedTrack, Role, ServerMsg, TrackInfo, PROTOCOL_VERSION,
 };
 use serde_json::{json, Value};
 use std::time::{Duration, Instant};
@@ -83,6 +83,11 @@ pub enum Input {
         id: ParticipantId,
         mid: String,
         muted: bool,
+    },
+    DeviceControl {
+        by: ParticipantId,
+        target: ParticipantId,
+        command: DeviceCommand,
     },
 }
 
@@ -207,6 +212,11 @@ impl Room {
             Input::Leave { id, reason, now } => self.leave(&mut fx, &id, reason, now),
             Input::TracksPublished { id, tracks } => self.publish(&mut fx, &id, tracks)?,
             Input::Mute { id, mid, muted } => self.mute(&mut fx, &id, &mid, muted)?,
+            Input::DeviceControl {
+                by,
+                target,
+                command,
+            } => self.device_control(&mut fx, &by, &target, command)?,
         }
         Ok(fx)
     }
@@ -601,6 +611,42 @@ impl Room {
         Ok(())
     }
 
+    fn device_control(
+        &mut self,
+        fx: &mut Vec<Effect>,
+        by: &str,
+        target: &str,
+        command: DeviceCommand,
+    ) -> Result<(), Refusal> {
+        let by_identity = self.admitter(by)?.identity.clone();
+        let t = self
+            .member(target)
+            .ok_or_else(|| refuse(ErrorCode::NotFound, "no such participant"))?;
+        if !t.admitted() {
+            return Err(refuse(
+                ErrorCode::NotAdmitted,
+                "the participant is not admitted",
+            ));
+        }
+        if command.label().kind() != consult_protocol::TrackKind::Video {
+            return Err(refuse(ErrorCode::BadRequest, "only cameras are steered"));
+        }
+        fx.push(audit(
+            Some(&by_identity),
+            "device_control",
+            Some(&t.identity),
+            json!({"participant": target, "command": command}),
+        ));
+        fx.push(Effect::Send {
+            to: target.to_owned(),
+            msg: ServerMsg::DeviceControl {
+                from: by.to_owned(),
+                command,
+            },
+        });
+        Ok(())
+    }
+
     fn admitted_infos(&self) -> Vec<ParticipantInfo> {
         self.members
             .iter()
@@ -955,6 +1001,49 @@ mod tests {
         drop(&mut r, "cart3", LeaveReason::Left);
         let fx = rejoin(&mut r, "cart4", t0 + Duration::from_secs(1));
         assert!(!starts(&fx, "cart4"));
+    }
+
+    #[test]
+    fn only_physicians_steer_admitted_carts() {
+        let mut r = Room::new("r");
+        join(&mut r, "doc", Role::Physician);
+        join(&mut r, "cart", Role::Companion);
+        join(&mut r, "pat", Role::Patient);
+        let zoom = DeviceCommand::Zoom {
+            label: consult_protocol::TrackLabel::Otoscope,
+            level: 2.0,
+        };
+        let steer = |r: &mut Room, by: &str, target: &str, c: DeviceCommand| {
+            r.handle(Input::DeviceControl {
+                by: by.into(),
+                target: target.into(),
+                command: c,
+            })
+        };
+        let e = steer(&mut r, "doc", "cart", zoom.clone()).unwrap_err();
+        assert_eq!(e.code, ErrorCode::NotAdmitted);
+        r.handle(Input::Admit {
+            by: "doc".into(),
+            target: "cart".into(),
+        })
+        .unwrap();
+        let fx = steer(&mut r, "doc", "cart", zoom.clone()).unwrap();
+        assert!(matches!(
+            sent_to(&fx, "cart")[0],
+            ServerMsg::DeviceControl { from, command } if from == "doc" && *command == zoom
+        ));
+        let e = steer(&mut r, "pat", "cart", zoom).unwrap_err();
+        assert_eq!(e.code, ErrorCode::Forbidden);
+        let e = steer(
+            &mut r,
+            "doc",
+            "cart",
+            DeviceCommand::Disable {
+                label: consult_protocol::TrackLabel::Stethoscope,
+            },
+        )
+        .unwrap_err();
+        assert_eq!(e.code, ErrorCode::BadRequest);
     }
 
     #[test]

@@ -387,6 +387,17 @@ async fn handle_msg(
             },
         )?,
         ClientMsg::EndConsultation => hub.input(room, Input::End { by: id.to_owned() })?,
+        ClientMsg::DeviceControl {
+            participant_id,
+            command,
+        } => hub.input(
+            room,
+            Input::DeviceControl {
+                by: id.to_owned(),
+                target: participant_id,
+                command,
+            },
+        )?,
         ClientMsg::Ping => {
             send(sink, &ServerMsg::Pong).await;
         }

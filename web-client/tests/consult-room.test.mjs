@@ -216,6 +216,12 @@ test("waiting room, admission, media both ways, stethoscope settings and a still
   const track = await cart.evaluate(() => window.consult.localTracks.otoscope.getSettings());
   assert.ok(dims.w >= track.width && dims.h >= track.height, `still ${dims.w}x${dims.h} vs track ${track.width}x${track.height}`);
 
+  // Far-end control: the physician freezes the cart's otoscope; the cart holds the frame.
+  await doc.click(`.tile.remote[data-label=otoscope] button[data-control=freeze]`);
+  await cart.waitForSelector("body[data-last-control='freeze:otoscope']");
+  await doc.click(`.tile.remote[data-label=otoscope] button[data-control=unfreeze]`);
+  await cart.waitForSelector("body[data-last-control='unfreeze:otoscope']");
+
   await doc.screenshot({ path: join(ARTIFACTS, "physician.png") });
   await cart.screenshot({ path: join(ARTIFACTS, "companion.png") });
   await patient.screenshot({ path: join(ARTIFACTS, "patient-refused.png") });
