@@ -1,12 +1,12 @@
 #!/usr/bin/env bash
 # Installs the Debian packages the workspace needs, if any are missing.
 #   install-deps.sh build   a C toolchain (aws-lc, SQLite): enough to build and run the server
-#   install-deps.sh test    also libopus (client), Chromium for the browser tests, iproute2/util-linux for their
+#   install-deps.sh test    also libopus and ffmpeg (cart), Chromium for the browser tests, iproute2/util-linux for their
 #                           loopback-only network namespace, Node.js + npm where missing
 set -euo pipefail
 packages=(build-essential pkg-config ca-certificates)
 if [ "${1:-test}" = test ]; then
-  packages+=(libopus-dev chromium iproute2 util-linux)
+  packages+=(libopus-dev ffmpeg chromium iproute2 util-linux)
   command -v node >/dev/null || packages+=(nodejs)
   command -v npm >/dev/null || packages+=(npm)
 fi
