@@ -324,7 +324,7 @@ async fn garbage_udp_and_bad_messages_do_not_disturb_a_running_call() {
             r.tags.iter().all(|t| *t == tag(1, *label)),
             "only room A's media"
         );
-        assert!(expected >= (packets as usize) * 3 / 4);
+        assert!(expected >= (packets as usize) / 2, "media started late");
         let kind = label.kind();
         if kind == TrackKind::Video {
             assert_eq!(

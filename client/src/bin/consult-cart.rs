@@ -216,8 +216,10 @@ fn stream_video(
         "8",
         "-b:v",
         "1000k",
+        // A keyframe every 2 s: this pipe cannot honour PLIs, so a new subscriber waits at
+        // most that long for a picture.
         "-g",
-        "60",
+        "30",
         "-f",
         "ivf",
         "pipe:1",
