@@ -231,8 +231,11 @@ function stethoscopePanel(track, audioEl) {
   const bins = new Uint8Array(analyser.frequencyBinCount);
   const g = canvas.getContext("2d");
   const binHz = ctx.sampleRate / analyser.fftSize;
+  let attached = false;
   const draw = () => {
-    if (!panel.isConnected && state.client && state.client.state !== "admitted") return ctx.close();
+    // Stop (and free the audio context) once the tile is gone.
+    if (panel.isConnected) attached = true;
+    else if (attached) return ctx.close();
     analyser.getByteFrequencyData(bins);
     g.fillStyle = "#000";
     g.fillRect(0, 0, canvas.width, canvas.height);
