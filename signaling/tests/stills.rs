@@ -164,9 +164,13 @@ async fn interrupted_upload_resumes_and_reaches_the_physician() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn bad_uploads_are_refused() {
     let srv = start_server().await;
+    // A fresh connection per request: the server closes one whose body it refused early.
     let api = Api {
         srv: &srv,
-        http: reqwest::Client::new(),
+        http: reqwest::Client::builder()
+            .pool_max_idle_per_host(0)
+            .build()
+            .unwrap(),
     };
     let nurse = srv.token("room-s1", "ide-1", Role::Companion);
     let file = jpeg(5000);
@@ -198,11 +202,30 @@ async fn bad_uploads_are_refused() {
     longer.extend_from_slice(&[0; 10]);
     let r = api.put(&nurse, &st.upload_id, 0, &longer).await;
     assert_eq!(error_of(r, 413).await, ErrorCode::TooLarge);
-    // A body over the transport limit is refused before reaching the store.
+    // A body over the transport limit is refused before reaching the store: a 413, or the
+    // server closing the connection while the body is still being sent.
     let r = api
-        .put(&nurse, &st.upload_id, 0, &vec![0u8; 5 * 1024 * 1024])
+        .http
+        .put(srv.http_url(&format!("/api/stills/uploads/{}?offset=0", st.upload_id)))
+        .bearer_auth(&nurse)
+        .body(vec![0u8; 5 * 1024 * 1024])
+        .send()
         .await;
-    assert_eq!(r.status().as_u16(), 413);
+    match r {
+        Ok(resp) => assert_eq!(resp.status().as_u16(), 413),
+        Err(e) => assert!(e.is_request(), "{e}"),
+    }
+    let status: StillUploadStatus = api
+        .http
+        .get(srv.http_url(&format!("/api/stills/uploads/{}", st.upload_id)))
+        .bearer_auth(&nurse)
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(status.offset, 0, "nothing of it was stored");
 
     // Bytes that do not match the announced hash.
     let mut corrupted = file.clone();
