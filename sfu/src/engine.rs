@@ -71,6 +71,7 @@ pub struct Engine {
     /// Scratch buffers reused across packets.
     events: Vec<(PeerKey, Event)>,
     fanout: Vec<u64>,
+    keyframes_due: Vec<(u64, Mid)>,
 }
 
 impl Engine {
@@ -87,6 +88,7 @@ impl Engine {
             dirty: Vec::new(),
             events: Vec::new(),
             fanout: Vec::new(),
+            keyframes_due: Vec::new(),
         }
     }
 
@@ -154,17 +156,18 @@ impl Engine {
                 }
             }
         }
-        let mut due = Vec::new();
-        for (key, p) in &self.participants {
-            for t in &p.tracks {
-                if t.keyframe_pending {
-                    due.push((*key, t.mid));
-                }
-            }
-        }
-        for (key, mid) in due {
+        // Timers fire often: reuse one buffer instead of allocating on every tick.
+        let mut due = std::mem::take(&mut self.keyframes_due);
+        due.extend(self.participants.iter().flat_map(|(key, p)| {
+            p.tracks
+                .iter()
+                .filter(|t| t.keyframe_pending)
+                .map(move |t| (*key, t.mid))
+        }));
+        for (key, mid) in due.drain(..) {
             self.request_keyframe(now, key, mid, KeyframeRequestKind::Pli);
         }
+        self.keyframes_due = due;
         self.drain(now, tx);
     }
 
