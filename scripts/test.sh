@@ -7,4 +7,5 @@ scripts/install-deps.sh test
 cargo fmt --all --check
 cargo clippy --workspace --all-targets --locked -- -D warnings
 cargo test --workspace --locked
-web-client/tests/run.sh
+# `cargo test` built the server for the signaling integration tests: the browser tests use it.
+CONSULT_SERVER_BIN="$PWD/target/debug/consult-server" web-client/tests/run.sh

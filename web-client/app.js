@@ -189,6 +189,7 @@ function addRemoteTile({ info, track }) {
           steer("zoom_out", { action: "zoom", level: 1 }),
           steer("freeze", { action: "freeze" }),
           steer("unfreeze", { action: "unfreeze" }),
+          steer("request_still", { action: "capture" }),
         );
       }
       tile.append(actions);
@@ -389,6 +390,9 @@ async function onDeviceControl({ command }) {
     } else {
       problem(`zoom: ${t(label)}`);
     }
+  } else if (action === "capture") {
+    // The physician asks for a full-resolution still of this device.
+    await takeLocalStill(label);
   } else if (action === "freeze" && !frozen[label]) {
     // Send the current frame, held, instead of the live camera.
     const v = document.querySelector(`.tile.local[data-label="${label}"] video`);

@@ -12,7 +12,9 @@ mod peer;
 pub mod relay;
 mod rtx;
 mod signal;
+pub mod stills;
 pub mod synthetic;
+pub mod tls;
 
 use anyhow::{anyhow, bail, Context};
 use consult_protocol::{
@@ -37,6 +39,9 @@ pub struct ClientOptions {
     /// Leave out the RTX repair interceptor (`rtx.rs`): only to show the webrtc-rs defect it
     /// works around.
     pub without_rtx_repair: bool,
+    /// An extra certificate (PEM) to trust for `wss://`, e.g. the server's self-signed
+    /// development certificate.
+    pub trusted_cert_pem: Option<Vec<u8>>,
 }
 
 /// A remote track the client now receives.
@@ -97,7 +102,11 @@ impl Client {
             out,
             mut incoming,
             closer,
-        } = signal::connect(ws_url).await?;
+        } = signal::connect(
+            ws_url,
+            tls::client_config(options.trusted_cert_pem.as_deref())?,
+        )
+        .await?;
         out.send(ClientMsg::Join {
             version: PROTOCOL_VERSION,
             token: token.to_owned(),

@@ -16,11 +16,16 @@ pub struct Signal {
     pub closer: Arc<Notify>,
 }
 
-/// Connect. `incoming` ends when the connection closes.
-pub async fn connect(url: &str) -> anyhow::Result<Signal> {
-    let (ws, _) = tokio_tungstenite::connect_async(url)
-        .await
-        .with_context(|| format!("connecting to {url}"))?;
+/// Connect. `incoming` ends when the connection closes. `tls` is used for `wss://`.
+pub async fn connect(url: &str, tls: Arc<rustls::ClientConfig>) -> anyhow::Result<Signal> {
+    let (ws, _) = tokio_tungstenite::connect_async_tls_with_config(
+        url,
+        None,
+        false,
+        Some(tokio_tungstenite::Connector::Rustls(tls)),
+    )
+    .await
+    .with_context(|| format!("connecting to {url}"))?;
     let (mut sink, mut stream) = ws.split();
     let (out_tx, mut out_rx) = mpsc::unbounded_channel::<ClientMsg>();
     let (in_tx, in_rx) = mpsc::unbounded_channel::<ServerMsg>();

@@ -473,6 +473,10 @@ pub enum DeviceCommand {
         label: TrackLabel,
         level: f32,
     },
+    /// Take a full-resolution still on the device and upload it (`still_available` follows).
+    Capture {
+        label: TrackLabel,
+    },
 }
 
 impl DeviceCommand {
@@ -482,7 +486,8 @@ impl DeviceCommand {
             | DeviceCommand::Disable { label }
             | DeviceCommand::Freeze { label }
             | DeviceCommand::Unfreeze { label }
-            | DeviceCommand::Zoom { label, .. } => *label,
+            | DeviceCommand::Zoom { label, .. }
+            | DeviceCommand::Capture { label } => *label,
         }
     }
 }

@@ -26,6 +26,7 @@ async fn run_lossy_call(room: &str, rtx_repair: bool) -> (u64, usize, usize) {
             ClientOptions {
                 media_via: Some(relay.addr()),
                 without_rtx_repair: !rtx_repair,
+                ..ClientOptions::default()
             },
         )
         .await;

@@ -221,6 +221,11 @@ test("waiting room, admission, media both ways, stethoscope settings and a still
   await cart.waitForSelector("body[data-last-control='freeze:otoscope']");
   await doc.click(`.tile.remote[data-label=otoscope] button[data-control=unfreeze]`);
   await cart.waitForSelector("body[data-last-control='unfreeze:otoscope']");
+  // The physician asks the cart for a full-resolution still: it reaches the gallery.
+  const stillsBefore = await doc.$$eval("#gallery figure", (f) => f.length);
+  await doc.click(`.tile.remote[data-label=otoscope] button[data-control=capture]`);
+  await cart.waitForSelector("body[data-last-control='capture:otoscope']");
+  await doc.waitForFunction((n) => document.querySelectorAll("#gallery figure[data-loaded-bytes]").length > n, stillsBefore, { timeout: 30000 });
 
   await doc.screenshot({ path: join(ARTIFACTS, "physician.png") });
   await cart.screenshot({ path: join(ARTIFACTS, "companion.png") });
