@@ -18,14 +18,16 @@ pub mod tls;
 
 use anyhow::{anyhow, bail, Context};
 use consult_protocol::{
-    AdmissionState, ClientMsg, ErrorCode, ParticipantId, ParticipantInfo, PublishedTrack,
-    ServerMsg, SubscribedTrack, TrackLabel, PROTOCOL_VERSION,
+    AdmissionState, ClientMsg, ErrorCode, ParticipantId, ParticipantInfo, PeerTarget,
+    PublishedTrack, ServerMsg, SubscribedTrack, TrackLabel, PROTOCOL_VERSION,
 };
 use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 use tokio::sync::{mpsc, oneshot};
+use webrtc::ice_transport::ice_connection_state::RTCIceConnectionState;
+use webrtc::peer_connection::offer_answer_options::RTCOfferOptions;
 use webrtc::peer_connection::RTCPeerConnection;
 use webrtc::track::track_remote::TrackRemote;
 
@@ -42,6 +44,9 @@ pub struct ClientOptions {
     /// An extra certificate (PEM) to trust for `wss://`, e.g. the server's self-signed
     /// development certificate.
     pub trusted_cert_pem: Option<Vec<u8>>,
+    /// ICE is declared failed after this long without connectivity (webrtc-rs default: 25 s);
+    /// the client then restarts ICE on both connections by itself.
+    pub ice_failed_after: Option<Duration>,
 }
 
 /// A remote track the client now receives.
@@ -73,6 +78,12 @@ impl std::fmt::Debug for ClientEvent {
 struct Inner {
     out: mpsc::UnboundedSender<ClientMsg>,
     pending_publish: Mutex<Option<oneshot::Sender<Result<String, String>>>>,
+    /// One publisher negotiation at a time (a publish and an ICE restart may race).
+    negotiating: tokio::sync::Mutex<()>,
+    publisher: Mutex<Option<Arc<RTCPeerConnection>>>,
+    published: Mutex<Vec<PublishedTrack>>,
+    /// ICE restarts done (asked by the user or after a failure).
+    ice_restarts: std::sync::atomic::AtomicU32,
     /// Subscriber-side mid → what it carries, from the latest offer.
     subscribed: Mutex<HashMap<String, SubscribedTrack>>,
     options: ClientOptions,
@@ -86,9 +97,8 @@ pub struct Client {
     /// Admitted participants at join time (empty while waiting).
     pub participants: Vec<ParticipantInfo>,
     events: mpsc::UnboundedReceiver<ClientEvent>,
-    publisher: Option<Arc<RTCPeerConnection>>,
     subscriber: Arc<RTCPeerConnection>,
-    published: Vec<PublishedTrack>,
+    restart_needed: mpsc::UnboundedSender<PeerTarget>,
 }
 
 impl Client {
@@ -130,13 +140,23 @@ impl Client {
         let inner = Arc::new(Inner {
             out,
             pending_publish: Mutex::new(None),
+            negotiating: tokio::sync::Mutex::new(()),
+            publisher: Mutex::new(None),
+            published: Mutex::new(Vec::new()),
+            ice_restarts: Default::default(),
             subscribed: Mutex::new(HashMap::new()),
             options,
             closer,
         });
         let (events_tx, events) = mpsc::unbounded_channel();
-        let subscriber = peer::new_peer_connection(!inner.options.without_rtx_repair).await?;
+        let subscriber = peer::new_peer_connection(
+            !inner.options.without_rtx_repair,
+            inner.options.ice_failed_after,
+        )
+        .await?;
         peer::on_remote_track(&subscriber, inner.clone(), events_tx.clone());
+        let restart_needed = restart_on_failure(inner.clone());
+        watch_ice(&subscriber, PeerTarget::Subscriber, restart_needed.clone());
         tokio::spawn(dispatch(
             inner.clone(),
             incoming,
@@ -149,9 +169,8 @@ impl Client {
             state,
             participants,
             events,
-            publisher: None,
             subscriber,
-            published: Vec::new(),
+            restart_needed,
         })
     }
 
@@ -209,53 +228,53 @@ impl Client {
 
     /// Publish tracks (Opus for audio labels, VP8 for video labels) in one offer.
     pub async fn publish(&mut self, labels: &[TrackLabel]) -> anyhow::Result<Vec<LocalTrack>> {
-        let pc = match &self.publisher {
-            Some(pc) => pc.clone(),
+        let existing = self.inner.publisher.lock().expect("lock").clone();
+        let pc = match existing {
+            Some(pc) => pc,
             None => {
-                let pc = peer::new_peer_connection(!self.inner.options.without_rtx_repair).await?;
-                self.publisher = Some(pc.clone());
+                let pc = peer::new_peer_connection(
+                    !self.inner.options.without_rtx_repair,
+                    self.inner.options.ice_failed_after,
+                )
+                .await?;
+                watch_ice(&pc, PeerTarget::Publisher, self.restart_needed.clone());
+                *self.inner.publisher.lock().expect("lock") = Some(pc.clone());
                 pc
             }
         };
+        let _one_at_a_time = self.inner.negotiating.lock().await;
         let mut added = Vec::new();
         for label in labels {
             added.push(peer::add_local_track(&pc, *label).await?);
         }
-        let offer = pc.create_offer(None).await?;
-        let mut gathered = pc.gathering_complete_promise().await;
-        pc.set_local_description(offer).await?;
-        let _ = gathered.recv().await;
-        let local = pc
-            .local_description()
-            .await
-            .ok_or_else(|| anyhow!("no local description"))?;
-        for t in added.iter_mut() {
-            t.mid = peer::mid_of_sender(&t.rtp)?;
-            self.published.push(PublishedTrack {
-                mid: t.mid.clone(),
-                label: t.label,
-                muted: false,
-            });
-        }
-        let (tx, rx) = oneshot::channel();
-        *self.inner.pending_publish.lock().expect("lock") = Some(tx);
-        self.send(ClientMsg::PublishOffer {
-            sdp: local.sdp,
-            tracks: self.published.clone(),
-        })?;
-        let answer = tokio::time::timeout(Duration::from_secs(10), rx)
-            .await
-            .context("no publish answer")?
-            .map_err(|_| anyhow!("signaling closed"))?
-            .map_err(|e| anyhow!("publish refused: {e}"))?;
-        let answer = peer::rewrite_candidates(&answer, self.inner.options.media_via);
-        pc.set_remote_description(
-            webrtc::peer_connection::sdp::session_description::RTCSessionDescription::answer(
-                answer,
-            )?,
-        )
+        negotiate_publisher(&self.inner, &pc, false, |published| {
+            for t in added.iter_mut() {
+                t.mid = peer::mid_of_sender(&t.rtp)?;
+                published.push(PublishedTrack {
+                    mid: t.mid.clone(),
+                    label: t.label,
+                    muted: false,
+                });
+            }
+            Ok(())
+        })
         .await?;
         Ok(added)
+    }
+
+    /// Restart ICE on both connections (the network path changed or failed) without leaving
+    /// the room: new credentials on the publisher connection, and the server asked to do the
+    /// same on the subscriber connection.
+    pub async fn ice_restart(&self) -> anyhow::Result<()> {
+        ice_restart(&self.inner, PeerTarget::Publisher).await?;
+        ice_restart(&self.inner, PeerTarget::Subscriber).await
+    }
+
+    /// ICE restarts done so far (asked for, or automatic after an ICE failure).
+    pub fn ice_restarts(&self) -> u32 {
+        self.inner
+            .ice_restarts
+            .load(std::sync::atomic::Ordering::Relaxed)
     }
 
     /// Drop every connection at once without leaving, as a lost link does. The server keeps
@@ -263,7 +282,8 @@ impl Client {
     /// token goes straight back into the room.
     pub async fn disconnect(self) {
         self.inner.closer.notify_one();
-        if let Some(pc) = &self.publisher {
+        let publisher = self.inner.publisher.lock().expect("lock").take();
+        if let Some(pc) = publisher {
             let _ = pc.close().await;
         }
         let _ = self.subscriber.close().await;
@@ -272,11 +292,115 @@ impl Client {
     /// Leave the consultation and close the connections.
     pub async fn leave(self) {
         let _ = self.inner.out.send(ClientMsg::Leave);
-        if let Some(pc) = &self.publisher {
+        let publisher = self.inner.publisher.lock().expect("lock").take();
+        if let Some(pc) = publisher {
             let _ = pc.close().await;
         }
         let _ = self.subscriber.close().await;
     }
+}
+
+/// Offer on the publisher connection (with new ICE credentials if `ice_restart`) and apply the
+/// server's answer. `update` edits the declared tracks once the offer is set (mids known).
+/// The caller holds `inner.negotiating`.
+async fn negotiate_publisher(
+    inner: &Inner,
+    pc: &Arc<RTCPeerConnection>,
+    ice_restart: bool,
+    update: impl FnOnce(&mut Vec<PublishedTrack>) -> anyhow::Result<()>,
+) -> anyhow::Result<()> {
+    let options = ice_restart.then_some(RTCOfferOptions {
+        ice_restart: true,
+        voice_activity_detection: false,
+    });
+    let offer = pc.create_offer(options).await?;
+    let mut gathered = pc.gathering_complete_promise().await;
+    pc.set_local_description(offer).await?;
+    let _ = gathered.recv().await;
+    let local = pc
+        .local_description()
+        .await
+        .ok_or_else(|| anyhow!("no local description"))?;
+    let tracks = {
+        let mut published = inner.published.lock().expect("lock");
+        update(&mut published)?;
+        published.clone()
+    };
+    let (tx, rx) = oneshot::channel();
+    *inner.pending_publish.lock().expect("lock") = Some(tx);
+    inner
+        .out
+        .send(ClientMsg::PublishOffer {
+            sdp: local.sdp,
+            tracks,
+        })
+        .map_err(|_| anyhow!("signaling closed"))?;
+    let answer = tokio::time::timeout(Duration::from_secs(10), rx)
+        .await
+        .context("no publish answer")?
+        .map_err(|_| anyhow!("signaling closed"))?
+        .map_err(|e| anyhow!("publish refused: {e}"))?;
+    let answer = peer::rewrite_candidates(&answer, inner.options.media_via);
+    pc.set_remote_description(
+        webrtc::peer_connection::sdp::session_description::RTCSessionDescription::answer(answer)?,
+    )
+    .await?;
+    Ok(())
+}
+
+/// Restart ICE on one connection: the publisher offers new credentials; for the subscriber
+/// the server is asked to (its offer is answered by the dispatcher).
+async fn ice_restart(inner: &Inner, which: PeerTarget) -> anyhow::Result<()> {
+    match which {
+        PeerTarget::Subscriber => inner
+            .out
+            .send(ClientMsg::IceRestart)
+            .map_err(|_| anyhow!("signaling closed"))?,
+        PeerTarget::Publisher => {
+            let _one_at_a_time = inner.negotiating.lock().await;
+            let publisher = inner.publisher.lock().expect("lock").clone();
+            if let Some(pc) = publisher {
+                negotiate_publisher(inner, &pc, true, |_| Ok(())).await?;
+            }
+        }
+    }
+    inner
+        .ice_restarts
+        .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    Ok(())
+}
+
+/// Report an ICE failure of `pc` on `restart_needed`.
+fn watch_ice(
+    pc: &Arc<RTCPeerConnection>,
+    which: PeerTarget,
+    restart_needed: mpsc::UnboundedSender<PeerTarget>,
+) {
+    pc.on_ice_connection_state_change(Box::new(move |state: RTCIceConnectionState| {
+        tracing::debug!("{which:?} ICE {state}");
+        if state == RTCIceConnectionState::Failed {
+            tracing::warn!("{which:?} ICE failed: restarting");
+            let _ = restart_needed.send(which);
+        }
+        Box::pin(async {})
+    }));
+}
+
+/// The task restarting ICE on a connection that failed (only that one: restarting a healthy
+/// connection interrupts its media for a moment).
+fn restart_on_failure(inner: Arc<Inner>) -> mpsc::UnboundedSender<PeerTarget> {
+    let (tx, mut rx) = mpsc::unbounded_channel::<PeerTarget>();
+    let weak = Arc::downgrade(&inner);
+    drop(inner);
+    tokio::spawn(async move {
+        while let Some(which) = rx.recv().await {
+            let Some(inner) = weak.upgrade() else { break };
+            if let Err(e) = ice_restart(&inner, which).await {
+                tracing::warn!("ICE restart of the {which:?} connection failed: {e:#}");
+            }
+        }
+    });
+    tx
 }
 
 /// A join refused by the server, with its protocol error code.

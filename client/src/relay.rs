@@ -4,10 +4,14 @@
 //!
 //! Only RTP is dropped (not STUN, DTLS or RTCP), with a seeded generator, so a run is
 //! repeatable and the loss falls on the media the NACK path must recover.
+//!
+//! The link can also go dark (nothing passes either way) and change path: after
+//! [`LossyRelay::change_path`] the SFU sees the client from a new address, as after a NAT
+//! rebinding or a switch from one uplink to another, and the old path is dead.
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 use tokio::net::UdpSocket;
 use tokio::sync::Mutex;
@@ -17,11 +21,22 @@ use tokio::sync::Mutex;
 pub struct RelayStats {
     pub rtp_to_client: AtomicU64,
     pub rtp_dropped: AtomicU64,
+    /// Datagrams dropped (both ways) while the link was dark.
+    pub dark_dropped: AtomicU64,
+}
+
+/// The link's switches, shared with its tasks.
+#[derive(Debug, Default)]
+struct LinkState {
+    dark: AtomicBool,
+    /// Bumped by `change_path`: upstream sockets of an older path stop carrying anything.
+    path: AtomicU64,
 }
 
 pub struct LossyRelay {
     addr: SocketAddr,
     pub stats: Arc<RelayStats>,
+    link: Arc<LinkState>,
     task: tokio::task::JoinHandle<()>,
 }
 
@@ -55,23 +70,30 @@ impl LossyRelay {
         let addr = front.local_addr()?;
         let stats = Arc::new(RelayStats::default());
         let rng = Arc::new(Mutex::new(Rng(seed | 1)));
-        // One upstream socket per client address, so the SFU sees distinct 5-tuples.
-        let mut backs: HashMap<SocketAddr, Arc<UdpSocket>> = HashMap::new();
+        let link = Arc::new(LinkState::default());
+        // One upstream socket per client address and path, so the SFU sees distinct 5-tuples.
+        let mut backs: HashMap<(SocketAddr, u64), Arc<UdpSocket>> = HashMap::new();
         let st = stats.clone();
+        let lk = link.clone();
         let task = tokio::spawn(async move {
             let mut buf = vec![0u8; 2048];
             loop {
                 let Ok((n, client)) = front.recv_from(&mut buf).await else {
                     return;
                 };
-                let back = match backs.get(&client) {
+                if lk.dark.load(Ordering::Relaxed) {
+                    st.dark_dropped.fetch_add(1, Ordering::Relaxed);
+                    continue;
+                }
+                let path = lk.path.load(Ordering::Relaxed);
+                let back = match backs.get(&(client, path)) {
                     Some(b) => b.clone(),
                     None => {
                         let Ok(b) = UdpSocket::bind("127.0.0.1:0").await else {
                             return;
                         };
                         let b = Arc::new(b);
-                        backs.insert(client, b.clone());
+                        backs.insert((client, path), b.clone());
                         tokio::spawn(downstream(
                             b.clone(),
                             front.clone(),
@@ -79,6 +101,7 @@ impl LossyRelay {
                             loss,
                             rng.clone(),
                             st.clone(),
+                            (lk.clone(), path),
                         ));
                         b
                     }
@@ -86,7 +109,22 @@ impl LossyRelay {
                 let _ = back.send_to(&buf[..n], upstream).await;
             }
         });
-        Ok(LossyRelay { addr, stats, task })
+        Ok(LossyRelay {
+            addr,
+            stats,
+            link,
+            task,
+        })
+    }
+
+    /// Cut the link (`true`: nothing passes either way) or bring it back.
+    pub fn set_dark(&self, dark: bool) {
+        self.link.dark.store(dark, Ordering::Relaxed);
+    }
+
+    /// Move the client to a new path: the SFU sees it from a new address from now on.
+    pub fn change_path(&self) {
+        self.link.path.fetch_add(1, Ordering::Relaxed);
     }
 
     /// The address the client must send to.
@@ -102,9 +140,17 @@ async fn downstream(
     loss: f64,
     rng: Arc<Mutex<Rng>>,
     stats: Arc<RelayStats>,
+    (link, path): (Arc<LinkState>, u64),
 ) {
     let mut buf = vec![0u8; 2048];
     while let Ok((n, _)) = back.recv_from(&mut buf).await {
+        if link.path.load(Ordering::Relaxed) != path {
+            return; // an old path: dead
+        }
+        if link.dark.load(Ordering::Relaxed) {
+            stats.dark_dropped.fetch_add(1, Ordering::Relaxed);
+            continue;
+        }
         if is_rtp(&buf[..n]) {
             stats.rtp_to_client.fetch_add(1, Ordering::Relaxed);
             if rng.lock().await.unit() < loss {

@@ -109,6 +109,10 @@ pub enum ClientMsg {
         target: PeerTarget,
         candidate: IceCandidate,
     },
+    /// Restart ICE on the subscriber connection (the network path failed or changed): the
+    /// server sends a `subscriber_offer` with new credentials. The publisher connection
+    /// restarts with a `publish_offer` made with new credentials.
+    IceRestart,
     /// Mute state of one of the client's published tracks.
     Mute {
         mid: String,

@@ -32,7 +32,7 @@ pub enum SfuEvent {
         sdp: String,
         tracks: Vec<SubscribedTrack>,
     },
-    /// ICE + DTLS of one of the participant's connections is up.
+    /// ICE + DTLS of one of the participant's connections is up (again, after a loss).
     Connected(PeerTarget),
     /// One of the participant's connections lost ICE connectivity.
     Disconnected(PeerTarget),
@@ -67,6 +67,10 @@ pub enum Command {
         target: PeerTarget,
         candidate: String,
     },
+    /// Restart ICE on the subscriber connection (the client's network changed or failed): a
+    /// new offer with new credentials follows as [`SfuEvent::SubscriberOffer`]. The publisher
+    /// connection restarts by itself when the client offers new credentials.
+    IceRestart { participant: ParticipantId },
     /// Tear down the participant's media session; its tracks leave every subscriber.
     Leave { participant: ParticipantId },
     /// Counters, for tests and metrics.
@@ -165,6 +169,12 @@ impl SfuHandle {
             participant: participant.to_owned(),
             target,
             candidate,
+        });
+    }
+
+    pub fn ice_restart(&self, participant: &str) {
+        let _ = self.send(Command::IceRestart {
+            participant: participant.to_owned(),
         });
     }
 

@@ -51,6 +51,14 @@ impl Demux {
         self.by_ufrag.insert(ufrag, key);
     }
 
+    /// The peer's ufrag changed (ICE restart); its learned addresses stay.
+    pub fn rename_peer(&mut self, old: &str, new: String, key: PeerKey) {
+        if self.by_ufrag.get(old) == Some(&key) {
+            self.by_ufrag.remove(old);
+        }
+        self.by_ufrag.insert(new, key);
+    }
+
     pub fn remove_peer(&mut self, ufrag: &str, key: PeerKey) {
         self.by_ufrag.remove(ufrag);
         self.by_addr.retain(|_, k| *k != key);

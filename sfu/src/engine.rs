@@ -42,6 +42,8 @@ struct Participant {
     tracks: Vec<TrackIn>,
     outs: Vec<TrackOut>,
     pending_offer: Option<SdpPendingOffer>,
+    /// The client asked for an ICE restart of the subscriber connection: in the next offer.
+    ice_restart_wanted: bool,
 }
 
 impl Participant {
@@ -215,6 +217,18 @@ impl Engine {
                     Err(e) => debug!(participant, "ignoring bad candidate: {e}"),
                 }
             }
+            Command::IceRestart { participant } => {
+                if let Some(key) = self.key(&participant) {
+                    if let Some(p) = self.participants.get_mut(&key) {
+                        info!(
+                            participant,
+                            "ICE restart of the subscriber connection asked"
+                        );
+                        p.ice_restart_wanted = true;
+                    }
+                    self.negotiate_subscriber(key);
+                }
+            }
             Command::Leave { participant } => self.leave(&participant),
             Command::Stats { reply } => {
                 let _ = reply.send(self.stats());
@@ -271,6 +285,7 @@ impl Engine {
                 tracks: Vec::new(),
                 outs,
                 pending_offer: None,
+                ice_restart_wanted: false,
             },
         );
         self.negotiate_subscriber(key);
@@ -301,6 +316,12 @@ impl Engine {
             .sdp_api()
             .accept_offer(offer)
             .map_err(|e| SfuError::BadSdp(e.to_string()))?;
+        // New remote credentials (an ICE restart) gave the connection new local ones.
+        sync_ufrag(
+            &mut self.demux,
+            &mut p.publisher,
+            (key, PeerTarget::Publisher),
+        );
 
         // Which declared tracks are really received on this connection now.
         let mut live = Vec::with_capacity(declared.len());
@@ -393,6 +414,11 @@ impl Engine {
             }
             return Err(SfuError::BadSdp(e.to_string()));
         }
+        sync_ufrag(
+            &mut self.demux,
+            &mut p.subscriber,
+            (key, PeerTarget::Subscriber),
+        );
         let mut opened = Vec::new();
         p.outs.retain_mut(|o| match o.state {
             OutState::Negotiating => {
@@ -481,17 +507,25 @@ impl Engine {
             return;
         };
         if p.pending_offer.is_some()
-            || !p
-                .outs
-                .iter()
-                .any(|o| matches!(o.state, OutState::ToOpen | OutState::ToStop))
+            || !(p.ice_restart_wanted
+                || p.outs
+                    .iter()
+                    .any(|o| matches!(o.state, OutState::ToOpen | OutState::ToStop)))
         {
             return;
         }
         let Participant {
-            subscriber, outs, ..
+            subscriber,
+            outs,
+            ice_restart_wanted,
+            ..
         } = p;
         let mut api = subscriber.rtc.sdp_api();
+        // A connection that carries nothing yet has no ICE session to restart.
+        if std::mem::take(ice_restart_wanted) && !outs.is_empty() {
+            // Keep the one host candidate; only the credentials change.
+            api.ice_restart(true);
+        }
         for o in outs.iter_mut() {
             match o.state {
                 OutState::ToOpen => {
@@ -640,8 +674,24 @@ impl Engine {
             Event::Connected => {
                 if let Some(p) = self.participants.get_mut(&key.0) {
                     info!(participant = %p.id, target = ?key.1, "connected");
-                    p.peer_mut(key.1).connected = true;
+                    let peer = p.peer_mut(key.1);
+                    peer.connected = true;
+                    peer.dtls_up = true;
                     p.notify(SfuEvent::Connected(key.1));
+                }
+            }
+            // ICE back after a loss (consent regained, or an ICE restart): DTLS is still up,
+            // so str0m sends no second `Connected`.
+            Event::IceConnectionStateChange(
+                IceConnectionState::Connected | IceConnectionState::Completed,
+            ) => {
+                if let Some(p) = self.participants.get_mut(&key.0) {
+                    let peer = p.peer_mut(key.1);
+                    if peer.dtls_up && !peer.connected {
+                        peer.connected = true;
+                        info!(participant = %p.id, target = ?key.1, "ICE reconnected");
+                        p.notify(SfuEvent::Connected(key.1));
+                    }
                 }
             }
             Event::IceConnectionStateChange(IceConnectionState::Disconnected) => {
@@ -758,4 +808,15 @@ fn stop_outs(outs: &mut Vec<TrackOut>, matches: impl Fn((u64, Mid)) -> bool) {
             OutState::ToStop | OutState::Stopping => true,
         }
     });
+}
+
+/// After an ICE restart the peer's local ufrag changed: STUN requests now name the new one.
+/// Learned addresses stay (the path may well be the same).
+fn sync_ufrag(demux: &mut Demux, peer: &mut Peer, key: PeerKey) {
+    let ufrag = peer.rtc.direct_api().local_ice_credentials().ufrag;
+    if ufrag != peer.ufrag {
+        info!(old = %peer.ufrag, new = %ufrag, "ICE credentials changed");
+        demux.rename_peer(&peer.ufrag, ufrag.clone(), key);
+        peer.ufrag = ufrag;
+    }
 }

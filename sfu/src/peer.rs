@@ -14,7 +14,10 @@ pub struct Peer {
     pub ufrag: String,
     /// When str0m next wants `Input::Timeout`.
     pub next_timeout: Instant,
+    /// ICE and DTLS are up: media can flow (false again while ICE is disconnected).
     pub connected: bool,
+    /// DTLS completed once (it survives ICE losses and restarts).
+    pub dtls_up: bool,
 }
 
 impl Peer {
@@ -36,6 +39,7 @@ impl Peer {
             ufrag,
             next_timeout: now,
             connected: false,
+            dtls_up: false,
         })
     }
 }

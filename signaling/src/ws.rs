@@ -353,6 +353,10 @@ async fn handle_msg(
             require_admitted()?;
             hub.sfu().candidate(id, target, candidate.candidate);
         }
+        ClientMsg::IceRestart => {
+            require_admitted()?;
+            hub.sfu().ice_restart(id);
+        }
         ClientMsg::Mute { mid, muted } => hub.input(
             room,
             Input::Mute {

@@ -329,6 +329,8 @@ async fn main() -> anyhow::Result<()> {
     };
     let options = ClientOptions {
         trusted_cert_pem: trusted.clone(),
+        // A media path silent this long is restarted (ICE restart) without leaving the room.
+        ice_failed_after: Some(Duration::from_secs(6)),
         ..ClientOptions::default()
     };
     let frames_dir = std::env::temp_dir().join(format!("consult-cart-{}", std::process::id()));
