@@ -124,7 +124,21 @@ export class ConsultClient extends EventTarget {
       if (ev.candidate) this.send({ type: "candidate", target, candidate: ev.candidate.toJSON() });
     };
     pc.onconnectionstatechange = () => this.emit("connection", { target, state: pc.connectionState });
+    // A failed media path (network change, long outage) is restarted without leaving the room.
+    pc.oniceconnectionstatechange = () => {
+      if (pc.iceConnectionState === "failed") this.restartIce(target).catch(() => {});
+    };
     return pc;
+  }
+
+  /**
+   * ICE restart of one connection ("publisher", "subscriber") or both: the publisher offers new
+   * credentials, the server is asked to do so on the subscriber (its offer follows).
+   */
+  async restartIce(target) {
+    if (!target || target === "subscriber") this.send({ type: "ice_restart" });
+    if ((!target || target === "publisher") && this.publisher) await this.negotiatePublisher(true);
+    this.iceRestarts = (this.iceRestarts || 0) + 1;
   }
 
   async handle(msg) {
@@ -216,27 +230,39 @@ export class ConsultClient extends EventTarget {
       const tr = this.publisher.addTransceiver(track, init);
       added.push({ transceiver: tr, label, track });
     }
-    const offer = await this.publisher.createOffer();
-    await this.publisher.setLocalDescription(offer);
-    for (const a of added) {
-      this.published.push({ mid: a.transceiver.mid, label: a.label, muted: false, sender: a.transceiver.sender, track: a.track });
-    }
-    const answerSdp = await new Promise((resolve, reject) => {
-      this.pendingPublish = { resolve, reject };
-      this.send({
-        type: "publish_offer",
-        sdp: this.publisher.localDescription.sdp,
-        tracks: this.published.map(({ mid, label, muted }) => ({ mid, label, muted })),
-      });
-      setTimeout(() => reject(new Error("no publish answer")), 15000);
-    }).finally(() => (this.pendingPublish = null));
-    let sdp = answerSdp;
-    // Per-track Opus settings: the sender encodes as the answer's fmtp says.
-    for (const p of this.published) {
-      if (p.label === "stethoscope") sdp = setOpusFmtp(sdp, p.mid, STETHOSCOPE_OPUS_FMTP);
-    }
-    await this.publisher.setRemoteDescription({ type: "answer", sdp });
+    await this.negotiatePublisher(false, () => {
+      for (const a of added) {
+        this.published.push({ mid: a.transceiver.mid, label: a.label, muted: false, sender: a.transceiver.sender, track: a.track });
+      }
+    });
     return this.published;
+  }
+
+  /** Offer on the publisher connection and apply the answer; one negotiation at a time. */
+  async negotiatePublisher(iceRestart, afterOffer) {
+    const previous = this.negotiation || Promise.resolve();
+    const run = previous.catch(() => {}).then(async () => {
+      const offer = await this.publisher.createOffer({ iceRestart });
+      await this.publisher.setLocalDescription(offer);
+      if (afterOffer) afterOffer();
+      const answerSdp = await new Promise((resolve, reject) => {
+        this.pendingPublish = { resolve, reject };
+        this.send({
+          type: "publish_offer",
+          sdp: this.publisher.localDescription.sdp,
+          tracks: this.published.map(({ mid, label, muted }) => ({ mid, label, muted })),
+        });
+        setTimeout(() => reject(new Error("no publish answer")), 15000);
+      }).finally(() => (this.pendingPublish = null));
+      let sdp = answerSdp;
+      // Per-track Opus settings: the sender encodes as the answer's fmtp says.
+      for (const p of this.published) {
+        if (p.label === "stethoscope") sdp = setOpusFmtp(sdp, p.mid, STETHOSCOPE_OPUS_FMTP);
+      }
+      await this.publisher.setRemoteDescription({ type: "answer", sdp });
+    });
+    this.negotiation = run;
+    return run;
   }
 
   setMuted(label, muted) {

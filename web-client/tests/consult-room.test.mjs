@@ -227,6 +227,20 @@ test("waiting room, admission, media both ways, stethoscope settings and a still
   await cart.waitForSelector("body[data-last-control='capture:otoscope']");
   await doc.waitForFunction((n) => document.querySelectorAll("#gallery figure[data-loaded-bytes]").length > n, stillsBefore, { timeout: 30000 });
 
+  // An ICE restart of both of the cart's connections (as after a network change): the media
+  // keeps flowing both ways, without leaving the room.
+  const beforeRestart = await stats(doc);
+  const cartBeforeRestart = await stats(cart);
+  await cart.evaluate(() => window.consult.client.restartIce());
+  await waitStats(doc, "stethoscope flows after the ICE restart", (s) =>
+    inbound(s, "stethoscope").some((i) => i.bytesReceived > inbound(beforeRestart, "stethoscope")[0].bytesReceived + 5000),
+  );
+  await waitStats(cart, "the physician's voice flows after the ICE restart", (s) =>
+    inbound(s, "microphone").some((i) => i.bytesReceived > inbound(cartBeforeRestart, "microphone")[0].bytesReceived + 5000),
+  );
+  assert.equal(await cart.evaluate(() => window.consult.client.iceRestarts), 1);
+  assert.equal(await cart.evaluate(() => document.body.dataset.state), "admitted");
+
   await doc.screenshot({ path: join(ARTIFACTS, "physician.png") });
   await cart.screenshot({ path: join(ARTIFACTS, "companion.png") });
   await patient.screenshot({ path: join(ARTIFACTS, "patient-refused.png") });
