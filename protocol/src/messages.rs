@@ -374,6 +374,44 @@ pub struct AuditRecord {
     pub detail: serde_json::Value,
 }
 
+/// `GET /api/consultations/{room}/summary`: who took part, when, and the technical incidents,
+/// for the physician's report. Built from the audit trail.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ConsultationSummary {
+    pub room: String,
+    /// First join, and end (or last leave); milliseconds since the Unix epoch.
+    pub started_at_ms: Option<i64>,
+    pub ended_at_ms: Option<i64>,
+    /// Ended by a physician (rather than everyone leaving or still running).
+    pub ended: bool,
+    pub participants: Vec<ParticipantSummary>,
+    pub incidents: Vec<Incident>,
+    /// Still images stored during the consultation.
+    pub stills: Vec<serde_json::Value>,
+    pub device_controls: usize,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ParticipantSummary {
+    pub identity: String,
+    pub name: Option<String>,
+    pub role: Option<Role>,
+    pub first_join_ms: i64,
+    pub last_leave_ms: Option<i64>,
+    pub joins: usize,
+    pub admitted: bool,
+}
+
+/// A technical incident: `kind` is `media_lost`, `media_restored` (with `lost_ms`),
+/// `ice_restart`, `signaling_lost` (the connection dropped without leaving) or `rejoined`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Incident {
+    pub ts_ms: i64,
+    pub identity: Option<String>,
+    pub kind: String,
+    pub detail: serde_json::Value,
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -34,8 +34,10 @@ pub enum SfuEvent {
     },
     /// ICE + DTLS of one of the participant's connections is up (again, after a loss).
     Connected(PeerTarget),
-    /// One of the participant's connections lost ICE connectivity.
+    /// One of the participant's connections lost ICE connectivity (or went silent).
     Disconnected(PeerTarget),
+    /// One of the participant's connections restarted ICE (new credentials).
+    IceRestarted(PeerTarget),
 }
 
 /// Commands from signaling to the SFU.
@@ -78,7 +80,7 @@ pub enum Command {
 }
 
 /// Counters of the media plane since start.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+#[derive(Debug, Clone, Default, PartialEq)]
 pub struct SfuStats {
     pub participants: usize,
     pub datagrams_in: u64,
@@ -87,6 +89,19 @@ pub struct SfuStats {
     pub rtp_in: u64,
     pub rtp_forwarded: u64,
     pub keyframe_requests_sent: u64,
+    /// str0m's per-media counters summed (NACKs and PLIs both ways, bytes, packets).
+    pub media: crate::stats::MediaTotals,
+    /// Every live connection's link: estimate, RTT, loss.
+    pub peers: Vec<PeerReport>,
+}
+
+/// One connection's link, for metrics.
+#[derive(Debug, Clone, PartialEq)]
+pub struct PeerReport {
+    pub participant: ParticipantId,
+    pub room: String,
+    pub target: PeerTarget,
+    pub link: crate::stats::LinkReport,
 }
 
 /// Cheap, cloneable handle on a running SFU.

@@ -3,9 +3,10 @@
 //! Every entry point takes `now`; datagrams to send go to a [`Transmit`] sink. The runner owns
 //! the socket and the clock; tests can drive the engine directly.
 
-use crate::api::{Command, SfuError, SfuEvent, SfuStats};
+use crate::api::{Command, PeerReport, SfuError, SfuEvent, SfuStats};
 use crate::demux::{Demux, PeerKey};
 use crate::peer::Peer;
+use crate::stats::MediaTotals;
 use crate::track::{map_payload_type, OutState, TrackIn, TrackOut};
 use consult_protocol::{ParticipantId, PeerTarget, PublishedTrack, SubscribedTrack, TrackKind};
 use std::collections::HashMap;
@@ -29,6 +30,10 @@ impl<F: FnMut(SocketAddr, &[u8])> Transmit for F {
         self(to, data)
     }
 }
+
+/// Nothing at all (media, RTCP, consent checks) from a connected client for this long means
+/// its path is lost. Clients send RTCP about every second and STUN consent checks every few.
+pub const SILENCE_IS_LOSS: Duration = Duration::from_secs(4);
 
 /// The longest the runner sleeps without a timeout check.
 const MAX_SLEEP: Duration = Duration::from_millis(100);
@@ -68,6 +73,8 @@ pub struct Engine {
     demux: Demux,
     next_key: u64,
     stats: SfuStats,
+    /// Media counters of connections that closed.
+    departed: MediaTotals,
     /// Peers with new input to poll.
     dirty: Vec<PeerKey>,
     /// Scratch buffers reused across packets.
@@ -87,6 +94,7 @@ impl Engine {
             demux: Demux::default(),
             next_key: 1,
             stats: SfuStats::default(),
+            departed: MediaTotals::default(),
             dirty: Vec::new(),
             events: Vec::new(),
             fanout: Vec::new(),
@@ -95,9 +103,27 @@ impl Engine {
     }
 
     pub fn stats(&self) -> SfuStats {
+        let mut media = self.departed;
+        let mut peers = Vec::with_capacity(self.participants.len() * 2);
+        for p in self.participants.values() {
+            for (target, peer) in [
+                (PeerTarget::Publisher, &p.publisher),
+                (PeerTarget::Subscriber, &p.subscriber),
+            ] {
+                media.add_peer(&peer.counters);
+                peers.push(PeerReport {
+                    participant: p.id.clone(),
+                    room: p.room.clone(),
+                    target,
+                    link: peer.counters.link,
+                });
+            }
+        }
         SfuStats {
             participants: self.participants.len(),
-            ..self.stats
+            media,
+            peers,
+            ..self.stats.clone()
         }
     }
 
@@ -138,6 +164,15 @@ impl Engine {
                 contents,
             },
         );
+        let peer = p.peer_mut(key.1);
+        peer.last_rx = now;
+        if peer.silent {
+            // The path is back (consent regained, or after an ICE restart).
+            peer.silent = false;
+            peer.connected = true;
+            info!(participant = %p.id, target = ?key.1, "media path back");
+            p.notify(SfuEvent::Connected(key.1));
+        }
         // A malformed packet from a known address must not end the session: log and go on.
         if let Err(e) = p.peer_mut(key.1).rtc.handle_input(input) {
             debug!(participant = %p.id, ?key, "input rejected: {e}");
@@ -149,12 +184,29 @@ impl Engine {
     pub fn handle_timeout(&mut self, now: Instant, tx: &mut impl Transmit) {
         for (key, p) in self.participants.iter_mut() {
             for target in [PeerTarget::Publisher, PeerTarget::Subscriber] {
-                let peer = p.peer_mut(target);
+                let Participant {
+                    id,
+                    publisher,
+                    subscriber,
+                    events,
+                    ..
+                } = p;
+                let peer = match target {
+                    PeerTarget::Publisher => publisher,
+                    PeerTarget::Subscriber => subscriber,
+                };
                 if peer.next_timeout <= now {
                     if let Err(e) = peer.rtc.handle_input(Input::Timeout(now)) {
-                        debug!(participant = %p.id, "timeout rejected: {e}");
+                        debug!(participant = %id, "timeout rejected: {e}");
                     }
                     self.dirty.push((*key, target));
+                }
+                // ICE-lite never declares a nominated pair dead: silence does.
+                if peer.dtls_up && !peer.silent && now - peer.last_rx > SILENCE_IS_LOSS {
+                    peer.silent = true;
+                    peer.connected = false;
+                    info!(participant = %id, ?target, "media path silent");
+                    let _ = events.send(SfuEvent::Disconnected(target));
                 }
             }
         }
@@ -317,11 +369,13 @@ impl Engine {
             .accept_offer(offer)
             .map_err(|e| SfuError::BadSdp(e.to_string()))?;
         // New remote credentials (an ICE restart) gave the connection new local ones.
-        sync_ufrag(
+        if sync_ufrag(
             &mut self.demux,
             &mut p.publisher,
             (key, PeerTarget::Publisher),
-        );
+        ) {
+            p.notify(SfuEvent::IceRestarted(PeerTarget::Publisher));
+        }
 
         // Which declared tracks are really received on this connection now.
         let mut live = Vec::with_capacity(declared.len());
@@ -414,11 +468,13 @@ impl Engine {
             }
             return Err(SfuError::BadSdp(e.to_string()));
         }
-        sync_ufrag(
+        if sync_ufrag(
             &mut self.demux,
             &mut p.subscriber,
             (key, PeerTarget::Subscriber),
-        );
+        ) {
+            p.notify(SfuEvent::IceRestarted(PeerTarget::Subscriber));
+        }
         let mut opened = Vec::new();
         p.outs.retain_mut(|o| match o.state {
             OutState::Negotiating => {
@@ -472,6 +528,8 @@ impl Engine {
             .remove_peer(&p.subscriber.ufrag, (key, PeerTarget::Subscriber));
         p.publisher.rtc.disconnect();
         p.subscriber.rtc.disconnect();
+        self.departed.add_peer(&p.publisher.counters);
+        self.departed.add_peer(&p.subscriber.counters);
         if let Some(members) = self.rooms.get_mut(&p.room) {
             members.retain(|k| *k != key);
             if members.is_empty() {
@@ -671,6 +729,21 @@ impl Engine {
                     self.request_keyframe(now, src, mid, req.kind);
                 }
             }
+            Event::MediaIngressStats(s) => {
+                if let Some(p) = self.participants.get_mut(&key.0) {
+                    p.peer_mut(key.1).counters.on_ingress(&s);
+                }
+            }
+            Event::MediaEgressStats(s) => {
+                if let Some(p) = self.participants.get_mut(&key.0) {
+                    p.peer_mut(key.1).counters.on_egress(&s);
+                }
+            }
+            Event::PeerStats(s) => {
+                if let Some(p) = self.participants.get_mut(&key.0) {
+                    p.peer_mut(key.1).counters.on_peer(&s);
+                }
+            }
             Event::Connected => {
                 if let Some(p) = self.participants.get_mut(&key.0) {
                     info!(participant = %p.id, target = ?key.1, "connected");
@@ -812,11 +885,13 @@ fn stop_outs(outs: &mut Vec<TrackOut>, matches: impl Fn((u64, Mid)) -> bool) {
 
 /// After an ICE restart the peer's local ufrag changed: STUN requests now name the new one.
 /// Learned addresses stay (the path may well be the same).
-fn sync_ufrag(demux: &mut Demux, peer: &mut Peer, key: PeerKey) {
+fn sync_ufrag(demux: &mut Demux, peer: &mut Peer, key: PeerKey) -> bool {
     let ufrag = peer.rtc.direct_api().local_ice_credentials().ufrag;
-    if ufrag != peer.ufrag {
-        info!(old = %peer.ufrag, new = %ufrag, "ICE credentials changed");
-        demux.rename_peer(&peer.ufrag, ufrag.clone(), key);
-        peer.ufrag = ufrag;
+    if ufrag == peer.ufrag {
+        return false;
     }
+    info!(old = %peer.ufrag, new = %ufrag, "ICE credentials changed");
+    demux.rename_peer(&peer.ufrag, ufrag.clone(), key);
+    peer.ufrag = ufrag;
+    true
 }

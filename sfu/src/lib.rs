@@ -15,7 +15,8 @@ mod demux;
 pub mod engine;
 mod peer;
 pub mod runner;
+pub mod stats;
 mod track;
 
-pub use api::{SfuError, SfuEvent, SfuHandle};
+pub use api::{PeerReport, SfuError, SfuEvent, SfuHandle, SfuStats};
 pub use runner::{start, SfuConfig};

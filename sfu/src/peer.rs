@@ -18,6 +18,11 @@ pub struct Peer {
     pub connected: bool,
     /// DTLS completed once (it survives ICE losses and restarts).
     pub dtls_up: bool,
+    pub counters: crate::stats::PeerCounters,
+    /// When the client was last heard from (any datagram).
+    pub last_rx: Instant,
+    /// Nothing heard for a while: the path is considered lost.
+    pub silent: bool,
 }
 
 impl Peer {
@@ -27,7 +32,9 @@ impl Peer {
             .set_ice_lite(true)
             .set_rtp_mode(true)
             .set_send_buffer_video(SEND_BUFFER_VIDEO)
-            .set_send_buffer_audio(SEND_BUFFER_AUDIO);
+            .set_send_buffer_audio(SEND_BUFFER_AUDIO)
+            // Cumulative counters once a second, for metrics (`stats.rs`).
+            .set_stats_interval(Some(std::time::Duration::from_secs(1)));
         // Only codecs every peer can forward to every other: Opus, VP8, H.264.
         *config.codec_config() = forwardable_codecs();
         let mut rtc = config.build(now);
@@ -40,6 +47,9 @@ impl Peer {
             next_timeout: now,
             connected: false,
             dtls_up: false,
+            counters: Default::default(),
+            last_rx: now,
+            silent: false,
         })
     }
 }

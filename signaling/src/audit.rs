@@ -95,6 +95,16 @@ impl AuditLog {
         }
     }
 
+    /// Whether the writer is alive and has written everything queued (for `/readyz`).
+    pub async fn ping(&self) -> anyhow::Result<()> {
+        let (done, wait) = tokio::sync::oneshot::channel();
+        self.jobs
+            .send(Job::Flush(done))
+            .map_err(|_| anyhow::anyhow!("audit writer is gone"))?;
+        wait.await?;
+        Ok(())
+    }
+
     /// Every record of `room` (all rooms if `None`), oldest first.
     pub async fn read(&self, room: Option<&str>) -> anyhow::Result<Vec<AuditRecord>> {
         let (done, wait) = tokio::sync::oneshot::channel();

@@ -51,10 +51,16 @@ pub fn router(state: Arc<AppState>) -> Router {
             get(|| asset("text/css", include_str!("../../web-client/style.css"))),
         )
         .route("/healthz", get(|| async { "ok" }))
+        .route("/readyz", get(readyz))
+        .route("/metrics", get(metrics))
         .route("/ws", get(ws_upgrade))
         .route("/api/tokens", post(mint_token))
         .route("/api/consultations", post(create_consultation))
         .route("/api/audit", get(read_audit))
+        .route(
+            "/api/consultations/{room}/summary",
+            get(consultation_summary),
+        )
         .route("/api/stills", post(begin_still).get(list_stills))
         .route(
             "/api/stills/uploads/{id}",
@@ -310,6 +316,90 @@ async fn create_consultation(
 #[derive(Deserialize)]
 struct AuditQuery {
     room: Option<String>,
+}
+
+/// Ready when the media plane answers and the audit trail is being written: a consultation
+/// must not start where its trail cannot be kept.
+async fn readyz(State(state): State<Arc<AppState>>) -> Response {
+    let wait = std::time::Duration::from_secs(2);
+    let sfu = tokio::time::timeout(wait, state.hub.sfu().stats()).await;
+    let audit = tokio::time::timeout(wait, state.audit.ping()).await;
+    let mut problems = Vec::new();
+    if !matches!(sfu, Ok(Ok(_))) {
+        problems.push("media plane not answering");
+    }
+    if !matches!(audit, Ok(Ok(()))) {
+        problems.push("audit trail not being written");
+    }
+    if problems.is_empty() {
+        (StatusCode::OK, "ready").into_response()
+    } else {
+        (StatusCode::SERVICE_UNAVAILABLE, problems.join("; ")).into_response()
+    }
+}
+
+/// Prometheus metrics; with the API key (`Basic`), as they name rooms and participants.
+async fn metrics(
+    State(state): State<Arc<AppState>>,
+    headers: HeaderMap,
+) -> Result<Response, HttpError> {
+    if !matches!(authenticate(&state, &headers)?, Caller::Api) {
+        return Err(err(
+            StatusCode::FORBIDDEN,
+            ErrorCode::Forbidden,
+            "metrics need the API key",
+        ));
+    }
+    let text = state.metrics.render(&state).await.map_err(|e| {
+        err(
+            StatusCode::INTERNAL_SERVER_ERROR,
+            ErrorCode::Internal,
+            e.to_string(),
+        )
+    })?;
+    Ok((
+        [(
+            header::CONTENT_TYPE,
+            "text/plain; version=0.0.4; charset=utf-8",
+        )],
+        text,
+    )
+        .into_response())
+}
+
+/// The consultation's summary (participants, incidents, stills) for the physician's report:
+/// with the API key, or a physician token of that room.
+async fn consultation_summary(
+    State(state): State<Arc<AppState>>,
+    headers: HeaderMap,
+    axum::extract::Path(room): axum::extract::Path<String>,
+) -> Result<Response, HttpError> {
+    match authenticate(&state, &headers)? {
+        Caller::Api => {}
+        Caller::Token(c) if c.role == Role::Physician && c.room == room => {}
+        Caller::Token(_) => {
+            return Err(err(
+                StatusCode::FORBIDDEN,
+                ErrorCode::Forbidden,
+                "a physician of this consultation, or the API key, reads its summary",
+            ))
+        }
+    }
+    let records = state.audit.read(Some(&room)).await.map_err(|e| {
+        err(
+            StatusCode::INTERNAL_SERVER_ERROR,
+            ErrorCode::Internal,
+            e.to_string(),
+        )
+    })?;
+    if records.is_empty() {
+        return Err(err(
+            StatusCode::NOT_FOUND,
+            ErrorCode::NotFound,
+            "no such consultation",
+        ));
+    }
+    Ok(Json(crate::summary::summarize(&room, &records)).into_response())
 }
 
 async fn read_audit(

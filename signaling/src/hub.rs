@@ -1,7 +1,7 @@
 //! The registry of live rooms and sessions, and the executor of room effects.
 
 use crate::audit::AuditLog;
-use crate::room::{Effect, Input, Refusal, Room};
+use crate::room::{Effect, Input, Refusal, Room, RoomCensus};
 use consult_protocol::{ParticipantId, ServerMsg};
 use consult_sfu::{SfuEvent, SfuHandle};
 use dashmap::DashMap;
@@ -43,6 +43,24 @@ impl Hub {
 
     pub fn sfu(&self) -> &SfuHandle {
         &self.sfu
+    }
+
+    /// Rooms not ended, and the summed counts of their participants.
+    pub fn census(&self) -> (usize, RoomCensus, usize) {
+        let mut open = 0;
+        let mut total = RoomCensus::default();
+        for r in self.rooms.iter() {
+            let Ok(room) = r.value().lock() else { continue };
+            if room.is_ended() {
+                continue;
+            }
+            open += 1;
+            let c = room.census();
+            total.waiting += c.waiting;
+            total.admitted += c.admitted;
+            total.tracks += c.tracks;
+        }
+        (open, total, self.sessions.len())
     }
 
     pub fn register(&self, id: ParticipantId, session: SessionHandle) {

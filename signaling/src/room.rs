@@ -135,6 +135,14 @@ impl Member {
     }
 }
 
+/// Counts of one room, for metrics.
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+pub struct RoomCensus {
+    pub waiting: usize,
+    pub admitted: usize,
+    pub tracks: usize,
+}
+
 #[derive(Debug, Clone)]
 pub struct Room {
     name: String,
@@ -156,6 +164,21 @@ impl Room {
 
     pub fn name(&self) -> &str {
         &self.name
+    }
+
+    /// How many participants wait, are admitted, and how many tracks they publish.
+    pub fn census(&self) -> RoomCensus {
+        let mut c = RoomCensus::default();
+        for m in &self.members {
+            match m.state {
+                AdmissionState::Waiting => c.waiting += 1,
+                AdmissionState::Admitted => {
+                    c.admitted += 1;
+                    c.tracks += m.tracks.len();
+                }
+            }
+        }
+        c
     }
 
     pub fn is_ended(&self) -> bool {

@@ -16,6 +16,7 @@ pub struct AppState {
     pub audit: AuditLog,
     pub hub: Hub,
     pub stills: crate::stills::StillStore,
+    pub metrics: crate::metrics::Metrics,
     /// Base URL of the web client, for join links.
     pub base_url: String,
 }
@@ -72,6 +73,7 @@ pub async fn start(config: Config) -> anyhow::Result<RunningServer> {
         hub: Hub::new(sfu.clone(), audit.clone()),
         audit,
         stills: crate::stills::StillStore::new(&config.data_dir),
+        metrics: crate::metrics::Metrics::new(),
         base_url: base_url.clone(),
         config,
     });

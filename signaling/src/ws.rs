@@ -247,6 +247,7 @@ pub async fn run_session(state: Arc<AppState>, socket: WebSocket) {
     info!(participant = id, room, role = %claims.role, "joined");
 
     let mut leave_reason = LeaveReason::Disconnected;
+    let mut media = crate::incidents::MediaIncidents::default();
     loop {
         tokio::select! {
             incoming = next_incoming(&mut stream) => match incoming {
@@ -280,13 +281,31 @@ pub async fn run_session(state: Arc<AppState>, socket: WebSocket) {
                     break;
                 }
             },
-            Some(ev) = sfu_rx.recv() => {
-                if let SfuEvent::SubscriberOffer { sdp, tracks } = ev {
+            Some(ev) = sfu_rx.recv() => match ev {
+                SfuEvent::SubscriberOffer { sdp, tracks } => {
                     if !send(&mut sink, &ServerMsg::SubscriberOffer { sdp, tracks }).await {
                         break;
                     }
                 }
-            }
+                SfuEvent::Disconnected(target) => {
+                    // Reported after this much silence: the loss began that long ago.
+                    let silence = consult_sfu::engine::SILENCE_IS_LOSS;
+                    let now = std::time::Instant::now();
+                    let since = now.checked_sub(silence).unwrap_or(now);
+                    if let Some(detail) = media.lost(since, target) {
+                        state.audit.record(&room, Some(&claims.sub), "incident", None, detail);
+                    }
+                }
+                SfuEvent::IceRestarted(target) => {
+                    let detail = crate::incidents::ice_restart(target);
+                    state.audit.record(&room, Some(&claims.sub), "incident", None, detail);
+                }
+                SfuEvent::Connected(target) => {
+                    if let Some(detail) = media.connected(std::time::Instant::now(), target) {
+                        state.audit.record(&room, Some(&claims.sub), "incident", None, detail);
+                    }
+                }
+            },
         }
     }
     state.hub.unregister(&id);

@@ -104,6 +104,32 @@ async fn ice_restart_after_a_path_change_keeps_the_cart_in_the_room() {
             panic!("the cart left the room: {ev:?}");
         }
     }
+
+    // The incidents are in the consultation's summary, for the physician's report.
+    let (status, body) = srv
+        .api_get(&format!("/api/consultations/{room}/summary"))
+        .await;
+    assert_eq!(status, 200, "{body}");
+    let summary: consult_protocol::ConsultationSummary = serde_json::from_str(&body).unwrap();
+    for i in &summary.incidents {
+        eprintln!("incident: {} {:?} {}", i.kind, i.identity, i.detail);
+    }
+    let of_cart = |kind: &str| {
+        summary
+            .incidents
+            .iter()
+            .filter(|i| i.kind == kind && i.identity.as_deref() == Some("cart-ir"))
+            .count()
+    };
+    let restarts = of_cart("ice_restart") as u32;
+    assert!(
+        restarts >= 1 && restarts <= cart.ice_restarts(),
+        "{restarts}"
+    );
+    assert!(of_cart("media_lost") >= 1, "the lost path is recorded");
+    assert!(of_cart("media_restored") >= 1, "its return is recorded");
+    assert_eq!(of_cart("signaling_lost"), 0);
+    assert_eq!(summary.participants.len(), 2);
 }
 
 /// Time from `since` until a packet numbered at least `counter` arrived.

@@ -154,3 +154,40 @@ pub async fn take_tracks(client: &mut Client, n: usize) -> Vec<RemoteTrack> {
 pub fn tag(sender: u32, label: consult_protocol::TrackLabel) -> u32 {
     sender * 16 + label as u32
 }
+
+impl TestServer {
+    /// `Authorization` header value with the API key and secret.
+    pub fn api_auth(&self) -> String {
+        use base64::Engine as _;
+        let c = &self.server.state.config;
+        format!(
+            "Basic {}",
+            base64::engine::general_purpose::STANDARD
+                .encode(format!("{}:{}", c.api_key, c.api_secret))
+        )
+    }
+
+    /// GET `path` with the API key; the status and body.
+    pub async fn api_get(&self, path: &str) -> (u16, String) {
+        let r = reqwest::Client::new()
+            .get(self.http_url(path))
+            .header("authorization", self.api_auth())
+            .send()
+            .await
+            .expect("request");
+        (r.status().as_u16(), r.text().await.expect("body"))
+    }
+}
+
+/// The value of an unlabelled (or first matching) sample of `name` in Prometheus text.
+pub fn metric(text: &str, name: &str, labels: &str) -> Option<f64> {
+    text.lines()
+        .filter(|l| !l.starts_with('#'))
+        .find(|l| {
+            l.starts_with(name)
+                && l[name.len()..].starts_with([' ', '{'])
+                && (labels.is_empty() || l.contains(labels))
+        })
+        .and_then(|l| l.rsplit(' ').next())
+        .and_then(|v| v.parse().ok())
+}
