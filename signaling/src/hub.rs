@@ -29,15 +29,18 @@ pub struct Hub {
     sessions: DashMap<ParticipantId, SessionHandle>,
     sfu: SfuHandle,
     audit: AuditLog,
+    /// Where a consultation's summary is written when it ends (`<room>.json`).
+    summaries_dir: Option<std::path::PathBuf>,
 }
 
 impl Hub {
-    pub fn new(sfu: SfuHandle, audit: AuditLog) -> Hub {
+    pub fn new(sfu: SfuHandle, audit: AuditLog, summaries_dir: Option<std::path::PathBuf>) -> Hub {
         Hub {
             rooms: DashMap::new(),
             sessions: DashMap::new(),
             sfu,
             audit,
+            summaries_dir,
         }
     }
 
@@ -134,10 +137,41 @@ impl Hub {
                 action,
                 target,
                 detail,
-            } => self
-                .audit
-                .record(room, actor.as_deref(), action, target.as_deref(), detail),
+            } => {
+                self.audit
+                    .record(room, actor.as_deref(), action, target.as_deref(), detail);
+                if action == "consultation_end" {
+                    self.export_summary(room);
+                }
+            }
         }
+    }
+
+    /// Write the ended consultation's summary (participants, incidents, stills) next to the
+    /// audit trail, for the physician's report.
+    fn export_summary(&self, room: &str) {
+        let Some(dir) = self.summaries_dir.clone() else {
+            return;
+        };
+        let audit = self.audit.clone();
+        let room = room.to_owned();
+        tokio::spawn(async move {
+            let result = async {
+                let records = audit.read(Some(&room)).await?;
+                let summary = crate::summary::summarize(&room, &records);
+                std::fs::create_dir_all(&dir)?;
+                let path = dir.join(format!("{}.json", crate::summary::file_stem(&room)));
+                let tmp = path.with_extension("tmp");
+                std::fs::write(&tmp, serde_json::to_vec_pretty(&summary)?)?;
+                std::fs::rename(&tmp, &path)?;
+                anyhow::Ok(path)
+            }
+            .await;
+            match result {
+                Ok(path) => tracing::info!(room, path = %path.display(), "summary written"),
+                Err(e) => warn!(room, "summary not written: {e:#}"),
+            }
+        });
     }
 
     fn send(&self, to: &str, msg: Outbound) {

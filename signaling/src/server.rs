@@ -70,7 +70,11 @@ pub async fn start(config: Config) -> anyhow::Result<RunningServer> {
         .to_owned();
     let state = Arc::new(AppState {
         tokens: TokenService::new(&config.api_key, &config.api_secret),
-        hub: Hub::new(sfu.clone(), audit.clone()),
+        hub: Hub::new(
+            sfu.clone(),
+            audit.clone(),
+            Some(config.data_dir.join("summaries")),
+        ),
         audit,
         stills: crate::stills::StillStore::new(&config.data_dir),
         metrics: crate::metrics::Metrics::new(),

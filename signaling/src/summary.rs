@@ -81,6 +81,20 @@ pub fn summarize(room: &str, records: &[AuditRecord]) -> ConsultationSummary {
     s
 }
 
+/// A file name for a room: the name itself when plain, else its hex.
+pub fn file_stem(room: &str) -> String {
+    let plain = !room.is_empty()
+        && room.len() <= 100
+        && room
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_');
+    if plain {
+        room.to_owned()
+    } else {
+        format!("x-{}", hex::encode(room.as_bytes()))
+    }
+}
+
 fn participant<'a>(
     list: &'a mut Vec<ParticipantSummary>,
     identity: &str,
@@ -128,6 +142,13 @@ mod tests {
             target: target.map(str::to_owned),
             detail,
         }
+    }
+
+    #[test]
+    fn file_stems_stay_inside_the_directory() {
+        assert_eq!(file_stem("room-1_a"), "room-1_a");
+        assert_eq!(file_stem("../etc"), "x-2e2e2f657463");
+        assert_eq!(file_stem(""), "x-");
     }
 
     #[test]

@@ -4,7 +4,7 @@
 mod common;
 
 use common::*;
-use consult_protocol::{ClientMsg, Role, TrackKind, TrackLabel};
+use consult_protocol::{ClientMsg, ConsultationSummary, Role, TrackLabel};
 use std::time::Duration;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -83,5 +83,27 @@ async fn metrics_move_during_a_call() {
         .await
         .unwrap();
     assert_eq!(as_doctor.status().as_u16(), 403);
-    let _ = TrackKind::Audio;
+
+    // When the physician ends the consultation, its summary is written beside the audit trail.
+    doc.send(ClientMsg::EndConsultation).unwrap();
+    let path = srv.dir.join("summaries").join(format!("{room}.json"));
+    let summary = tokio::time::timeout(Duration::from_secs(10), async {
+        loop {
+            if let Ok(bytes) = std::fs::read(&path) {
+                return serde_json::from_slice::<ConsultationSummary>(&bytes).unwrap();
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    })
+    .await
+    .expect("summary file written");
+    assert!(summary.ended);
+    let who: Vec<&str> = summary
+        .participants
+        .iter()
+        .map(|p| p.identity.as_str())
+        .collect();
+    assert_eq!(who, ["dr-m", "ide-m"]);
+    assert!(summary.participants.iter().all(|p| p.admitted));
+    assert!(summary.incidents.is_empty(), "{:?}", summary.incidents);
 }
