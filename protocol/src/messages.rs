@@ -50,6 +50,26 @@ pub struct TrackInfo {
     pub muted: bool,
 }
 
+/// A track chosen for recording.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RecordedTrack {
+    pub track_id: String,
+    pub participant_id: ParticipantId,
+    pub label: TrackLabel,
+    pub kind: TrackKind,
+}
+
+/// Where a recording stands.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum RecordingPhase {
+    /// Asked; waiting for every participant's consent. Nothing is written.
+    Pending,
+    Recording,
+    /// Refused, withdrawn, stopped by the physician, or ended with the consultation.
+    Stopped,
+}
+
 /// A track the server sends on the subscriber connection: which m-line carries whose track.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct SubscribedTrack {
@@ -139,6 +159,18 @@ pub enum ClientMsg {
         participant_id: ParticipantId,
         command: DeviceCommand,
     },
+    /// Physician: ask to record these tracks (`track_id`s). Every admitted participant must
+    /// consent before anything is written.
+    RequestRecording {
+        track_ids: Vec<String>,
+    },
+    /// Answer to a recording request, or (`accept: false`) withdrawal of consent at any time.
+    RecordingConsent {
+        recording_id: String,
+        accept: bool,
+    },
+    /// Physician: stop the recording.
+    StopRecording,
     Leave,
     Ping,
 }
@@ -206,6 +238,17 @@ pub enum ServerMsg {
     DeviceControl {
         from: ParticipantId,
         command: DeviceCommand,
+    },
+    /// To every admitted participant, at each change of the recording: who must still consent
+    /// (`waiting_for`), whether it is running, and why it stopped.
+    Recording {
+        recording_id: String,
+        phase: RecordingPhase,
+        requested_by: ParticipantId,
+        tracks: Vec<RecordedTrack>,
+        waiting_for: Vec<ParticipantId>,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        reason: Option<String>,
     },
     /// To physicians: a still image was uploaded to the consultation.
     StillAvailable {

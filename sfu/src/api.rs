@@ -40,6 +40,16 @@ pub enum SfuEvent {
     IceRestarted(PeerTarget),
 }
 
+/// A copy of one forwarded RTP packet, for a recorder.
+#[derive(Debug, Clone)]
+pub struct TapPacket {
+    /// Extended sequence number (never wraps).
+    pub seq: u64,
+    pub timestamp: u32,
+    pub marker: bool,
+    pub payload: std::sync::Arc<[u8]>,
+}
+
 /// Commands from signaling to the SFU.
 #[derive(Debug)]
 pub enum Command {
@@ -73,6 +83,14 @@ pub enum Command {
     /// new offer with new credentials follows as [`SfuEvent::SubscriberOffer`]. The publisher
     /// connection restarts by itself when the client offers new credentials.
     IceRestart { participant: ParticipantId },
+    /// Copy the packets of a published track (`mid` on `participant`'s publisher connection)
+    /// to `sink` until it is closed or full (never blocks the forwarding path).
+    Tap {
+        participant: ParticipantId,
+        mid: String,
+        sink: mpsc::Sender<TapPacket>,
+        reply: oneshot::Sender<Result<(), SfuError>>,
+    },
     /// Tear down the participant's media session; its tracks leave every subscriber.
     Leave { participant: ParticipantId },
     /// Counters, for tests and metrics.
@@ -191,6 +209,26 @@ impl SfuHandle {
         let _ = self.send(Command::IceRestart {
             participant: participant.to_owned(),
         });
+    }
+
+    /// Tap a published track for recording; dropping the receiver ends the tap.
+    pub fn tap(
+        &self,
+        participant: &str,
+        mid: &str,
+        sink: mpsc::Sender<TapPacket>,
+    ) -> impl std::future::Future<Output = Result<(), SfuError>> {
+        let (reply, rx) = oneshot::channel();
+        let sent = self.send(Command::Tap {
+            participant: participant.to_owned(),
+            mid: mid.to_owned(),
+            sink,
+            reply,
+        });
+        async move {
+            sent?;
+            rx.await.map_err(|_| SfuError::Stopped)?
+        }
     }
 
     pub fn leave(&self, participant: &str) {

@@ -3,7 +3,7 @@
 //! Every entry point takes `now`; datagrams to send go to a [`Transmit`] sink. The runner owns
 //! the socket and the clock; tests can drive the engine directly.
 
-use crate::api::{Command, PeerReport, SfuError, SfuEvent, SfuStats};
+use crate::api::{Command, PeerReport, SfuError, SfuEvent, SfuStats, TapPacket};
 use crate::demux::{Demux, PeerKey};
 use crate::peer::Peer;
 use crate::stats::MediaTotals;
@@ -281,6 +281,24 @@ impl Engine {
                     self.negotiate_subscriber(key);
                 }
             }
+            Command::Tap {
+                participant,
+                mid,
+                sink,
+                reply,
+            } => {
+                let track = self
+                    .key(&participant)
+                    .and_then(|k| self.participants.get_mut(&k))
+                    .and_then(|p| p.tracks.iter_mut().find(|t| *t.mid == *mid));
+                let _ = reply.send(match track {
+                    Some(t) => {
+                        t.taps.push(sink);
+                        Ok(())
+                    }
+                    None => Err(SfuError::BadTrack(format!("no track {participant}/{mid}"))),
+                });
+            }
             Command::Leave { participant } => self.leave(&participant),
             Command::Stats { reply } => {
                 let _ = reply.send(self.stats());
@@ -426,6 +444,7 @@ impl Engine {
                 label,
                 kind: label.kind(),
                 subscribers: others.clone(),
+                taps: Vec::new(),
                 last_keyframe_request: None,
                 keyframe_pending: false,
             });
@@ -793,9 +812,24 @@ impl Engine {
         else {
             return;
         };
-        let Some(track) = p.tracks.iter().find(|t| t.mid == mid) else {
+        let Some(track) = p.tracks.iter_mut().find(|t| t.mid == mid) else {
             return;
         };
+        if !track.taps.is_empty() {
+            // A full recorder loses this packet (it fills the gap); a closed one is dropped.
+            let copy = TapPacket {
+                seq: *pkt.seq_no,
+                timestamp: pkt.header.timestamp,
+                marker: pkt.header.marker,
+                payload: pkt.payload.clone(),
+            };
+            track.taps.retain(|t| {
+                !matches!(
+                    t.try_send(copy.clone()),
+                    Err(tokio::sync::mpsc::error::TrySendError::Closed(_))
+                )
+            });
+        }
         let kind = track.kind;
         self.fanout.clear();
         self.fanout.extend_from_slice(&track.subscribers);

@@ -18,5 +18,5 @@ pub mod runner;
 pub mod stats;
 mod track;
 
-pub use api::{PeerReport, SfuError, SfuEvent, SfuHandle, SfuStats};
+pub use api::{PeerReport, SfuError, SfuEvent, SfuHandle, SfuStats, TapPacket};
 pub use runner::{start, SfuConfig};

@@ -18,6 +18,8 @@ pub struct TrackIn {
     pub kind: TrackKind,
     /// Subscribers that receive it: (participant key, index into their `outs`).
     pub subscribers: Vec<u64>,
+    /// Recorders receiving a copy of every packet.
+    pub taps: Vec<tokio::sync::mpsc::Sender<crate::api::TapPacket>>,
     pub last_keyframe_request: Option<Instant>,
     /// A keyframe was asked for while rate-limited; send it when the interval has passed.
     pub keyframe_pending: bool,
@@ -161,6 +163,7 @@ mod tests {
             label: TrackLabel::Camera,
             kind: TrackKind::Video,
             subscribers: vec![],
+            taps: vec![],
             last_keyframe_request: None,
             keyframe_pending: false,
         };

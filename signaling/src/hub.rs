@@ -31,16 +31,18 @@ pub struct Hub {
     audit: AuditLog,
     /// Where a consultation's summary is written when it ends (`<room>.json`).
     summaries_dir: Option<std::path::PathBuf>,
+    pub recordings: crate::recording::Recordings,
 }
 
 impl Hub {
-    pub fn new(sfu: SfuHandle, audit: AuditLog, summaries_dir: Option<std::path::PathBuf>) -> Hub {
+    pub fn new(sfu: SfuHandle, audit: AuditLog, data_dir: &std::path::Path) -> Hub {
         Hub {
+            recordings: crate::recording::Recordings::new(data_dir),
+            summaries_dir: Some(data_dir.join("summaries")),
             rooms: DashMap::new(),
             sessions: DashMap::new(),
             sfu,
             audit,
-            summaries_dir,
         }
     }
 
@@ -144,6 +146,11 @@ impl Hub {
                     self.export_summary(room);
                 }
             }
+            Effect::StartRecording { id, tracks } => {
+                self.recordings
+                    .start(&self.sfu, &self.audit, room, &id, &tracks)
+            }
+            Effect::StopRecording { id } => self.recordings.stop(&id),
         }
     }
 

@@ -4,10 +4,12 @@
 
 pub mod audit;
 pub mod config;
+pub mod consent;
 pub mod http;
 pub mod hub;
 pub mod incidents;
 pub mod metrics;
+pub mod recording;
 pub mod room;
 pub mod server;
 pub mod stills;

@@ -4,9 +4,10 @@
 //! start or stop, audit records) that the hub carries out. No sockets, no clock, no locks: each
 //! rule of the waiting room is unit-tested here.
 
+use crate::consent::ConsentRound;
 use consult_protocol::{
     AdmissionState, CompanionKind, DeviceCommand, ErrorCode, LeaveReason, ParticipantId,
-    ParticipantInfo, PublishedTrack, Role, ServerMsg, TrackInfo, PROTOCOL_VERSION,
+    ParticipantInfo, PublishedTrack, RecordedTrack, Role, ServerMsg, TrackInfo, PROTOCOL_VERSION,
 };
 use serde_json::{json, Value};
 use std::time::{Duration, Instant};
@@ -39,6 +40,15 @@ pub enum Effect {
         action: &'static str,
         target: Option<String>,
         detail: Value,
+    },
+    /// Everyone consented: write these tracks.
+    StartRecording {
+        id: String,
+        tracks: Vec<RecordedTrack>,
+    },
+    /// Stop writing (the files are closed and kept).
+    StopRecording {
+        id: String,
     },
 }
 
@@ -88,6 +98,20 @@ pub enum Input {
         by: ParticipantId,
         target: ParticipantId,
         command: DeviceCommand,
+    },
+    /// `id` names the new recording (chosen by the caller, so this stays deterministic).
+    RequestRecording {
+        by: ParticipantId,
+        id: String,
+        track_ids: Vec<String>,
+    },
+    RecordingConsent {
+        by: ParticipantId,
+        recording_id: String,
+        accept: bool,
+    },
+    StopRecording {
+        by: ParticipantId,
     },
 }
 
@@ -150,6 +174,8 @@ pub struct Room {
     ended: bool,
     /// Identities admitted before their connection dropped, until when they may rejoin.
     rejoin_until: Vec<(String, Instant)>,
+    /// The current (or last) recording and its consents.
+    recording: Option<ConsentRound>,
 }
 
 impl Room {
@@ -159,6 +185,7 @@ impl Room {
             members: Vec::new(),
             ended: false,
             rejoin_until: Vec::new(),
+            recording: None,
         }
     }
 
@@ -216,6 +243,19 @@ impl Room {
 
     pub fn handle(&mut self, input: Input) -> Result<Vec<Effect>, Refusal> {
         let mut fx = Vec::new();
+        let admitted_before: Vec<ParticipantId> = self
+            .members
+            .iter()
+            .filter(|m| m.admitted())
+            .map(|m| m.id.clone())
+            .collect();
+        self.handle_input(&mut fx, input)?;
+        self.follow_recording(&mut fx, &admitted_before);
+        Ok(fx)
+    }
+
+    fn handle_input(&mut self, fx: &mut Vec<Effect>, input: Input) -> Result<(), Refusal> {
+        let fx = &mut *fx;
         match input {
             Input::Join {
                 id,
@@ -226,22 +266,31 @@ impl Room {
                 now,
             } => {
                 let rejoin = self.take_rejoin(&identity, now);
-                self.join(&mut fx, id, identity, name, role, companion_kind, rejoin)?
+                self.join(fx, id, identity, name, role, companion_kind, rejoin)?
             }
-            Input::Admit { by, target } => self.admit(&mut fx, &by, &target)?,
-            Input::Refuse { by, target, reason } => self.refuse(&mut fx, &by, &target, reason)?,
-            Input::Remove { by, target } => self.remove(&mut fx, &by, &target)?,
-            Input::End { by } => self.end(&mut fx, &by)?,
-            Input::Leave { id, reason, now } => self.leave(&mut fx, &id, reason, now),
-            Input::TracksPublished { id, tracks } => self.publish(&mut fx, &id, tracks)?,
-            Input::Mute { id, mid, muted } => self.mute(&mut fx, &id, &mid, muted)?,
+            Input::Admit { by, target } => self.admit(fx, &by, &target)?,
+            Input::Refuse { by, target, reason } => self.refuse(fx, &by, &target, reason)?,
+            Input::Remove { by, target } => self.remove(fx, &by, &target)?,
+            Input::End { by } => self.end(fx, &by)?,
+            Input::Leave { id, reason, now } => self.leave(fx, &id, reason, now),
+            Input::TracksPublished { id, tracks } => self.publish(fx, &id, tracks)?,
+            Input::Mute { id, mid, muted } => self.mute(fx, &id, &mid, muted)?,
             Input::DeviceControl {
                 by,
                 target,
                 command,
-            } => self.device_control(&mut fx, &by, &target, command)?,
+            } => self.device_control(fx, &by, &target, command)?,
+            Input::RequestRecording { by, id, track_ids } => {
+                self.request_recording(fx, &by, id, track_ids)?
+            }
+            Input::RecordingConsent {
+                by,
+                recording_id,
+                accept,
+            } => self.recording_consent(fx, &by, &recording_id, accept)?,
+            Input::StopRecording { by } => self.stop_recording(fx, &by)?,
         }
-        Ok(fx)
+        Ok(())
     }
 
     /// Whether `identity` dropped while admitted less than [`REJOIN_GRACE`] ago (consumed).
@@ -668,6 +717,172 @@ impl Room {
             },
         });
         Ok(())
+    }
+
+    fn request_recording(
+        &mut self,
+        fx: &mut Vec<Effect>,
+        by: &str,
+        id: String,
+        track_ids: Vec<String>,
+    ) -> Result<(), Refusal> {
+        let by_identity = self.admitter(by)?.identity.clone();
+        if self.recording.as_ref().is_some_and(|r| !r.is_over()) {
+            return Err(refuse(
+                ErrorCode::InvalidState,
+                "a recording is already asked for or running",
+            ));
+        }
+        if track_ids.is_empty() {
+            return Err(refuse(ErrorCode::BadRequest, "no track chosen"));
+        }
+        let mut tracks = Vec::with_capacity(track_ids.len());
+        for tid in &track_ids {
+            let found = self.members.iter().filter(|m| m.admitted()).find_map(|m| {
+                m.tracks
+                    .iter()
+                    .find(|(_, t)| &t.track_id == tid)
+                    .map(|(_, t)| RecordedTrack {
+                        track_id: t.track_id.clone(),
+                        participant_id: m.id.clone(),
+                        label: t.label,
+                        kind: t.kind,
+                    })
+            });
+            tracks.push(found.ok_or_else(|| refuse(ErrorCode::NotFound, "no such track"))?);
+        }
+        let admitted: Vec<ParticipantId> = self
+            .members
+            .iter()
+            .filter(|m| m.admitted())
+            .map(|m| m.id.clone())
+            .collect();
+        let (round, outcome) = ConsentRound::new(id, by, tracks, &admitted);
+        fx.push(audit(
+            Some(&by_identity),
+            "recording_requested",
+            None,
+            json!({"recording_id": round.id, "tracks": round.tracks}),
+        ));
+        self.recording = Some(round);
+        self.apply_recording(fx, outcome);
+        Ok(())
+    }
+
+    fn recording_consent(
+        &mut self,
+        fx: &mut Vec<Effect>,
+        by: &str,
+        recording_id: &str,
+        accept: bool,
+    ) -> Result<(), Refusal> {
+        let identity = self
+            .member(by)
+            .ok_or_else(|| refuse(ErrorCode::NotJoined, "not in this consultation"))?
+            .identity
+            .clone();
+        let round = self
+            .recording
+            .as_mut()
+            .filter(|r| r.id == recording_id)
+            .ok_or_else(|| refuse(ErrorCode::NotFound, "no such recording"))?;
+        let outcome = round
+            .answer(by, accept)
+            .map_err(|m| refuse(ErrorCode::InvalidState, m))?;
+        fx.push(audit(
+            Some(&identity),
+            "recording_consent",
+            None,
+            json!({"recording_id": recording_id, "accept": accept, "participant": by}),
+        ));
+        self.apply_recording(fx, outcome);
+        Ok(())
+    }
+
+    fn stop_recording(&mut self, fx: &mut Vec<Effect>, by: &str) -> Result<(), Refusal> {
+        self.admitter(by)?;
+        let round = self
+            .recording
+            .as_mut()
+            .filter(|r| !r.is_over())
+            .ok_or_else(|| refuse(ErrorCode::InvalidState, "no recording to stop"))?;
+        let outcome = round.stop_by(by);
+        self.apply_recording(fx, outcome);
+        Ok(())
+    }
+
+    /// Admissions and departures change who must consent.
+    fn follow_recording(&mut self, fx: &mut Vec<Effect>, admitted_before: &[ParticipantId]) {
+        let Some(round) = self.recording.as_mut().filter(|r| !r.is_over()) else {
+            return;
+        };
+        let admitted_now: Vec<&Member> = if self.ended {
+            Vec::new()
+        } else {
+            self.members.iter().filter(|m| m.admitted()).collect()
+        };
+        let mut outcomes = Vec::new();
+        for m in &admitted_now {
+            if !admitted_before.contains(&m.id) {
+                outcomes.push(round.admitted(&m.id));
+            }
+        }
+        for id in admitted_before {
+            if !admitted_now.iter().any(|m| &m.id == id) {
+                outcomes.push(round.left(id));
+            }
+        }
+        if self.ended && !round.is_over() {
+            outcomes.push(round.stop_by("the end of the consultation"));
+        }
+        for o in outcomes {
+            self.apply_recording(fx, o);
+        }
+    }
+
+    /// Effects of a consent outcome, and the new state to every admitted participant.
+    fn apply_recording(&mut self, fx: &mut Vec<Effect>, outcome: crate::consent::Outcome) {
+        let Some(round) = &self.recording else { return };
+        match &outcome {
+            crate::consent::Outcome::Start => {
+                fx.push(audit(
+                    None,
+                    "recording_started",
+                    None,
+                    json!({"recording_id": round.id, "tracks": round.tracks}),
+                ));
+                fx.push(Effect::StartRecording {
+                    id: round.id.clone(),
+                    tracks: round.tracks.clone(),
+                });
+            }
+            crate::consent::Outcome::Stop(reason) => {
+                fx.push(audit(
+                    None,
+                    "recording_stopped",
+                    None,
+                    json!({"recording_id": round.id, "reason": reason}),
+                ));
+                fx.push(Effect::StopRecording {
+                    id: round.id.clone(),
+                });
+            }
+            crate::consent::Outcome::Unchanged => {}
+        }
+        let msg = ServerMsg::Recording {
+            recording_id: round.id.clone(),
+            phase: round.phase,
+            requested_by: round.requested_by.clone(),
+            tracks: round.tracks.clone(),
+            waiting_for: round.waiting_for(),
+            reason: round.reason.clone(),
+        };
+        for m in self.members.iter().filter(|m| m.admitted()) {
+            fx.push(Effect::Send {
+                to: m.id.clone(),
+                msg: msg.clone(),
+            });
+        }
     }
 
     fn admitted_infos(&self) -> Vec<ParticipantInfo> {

@@ -70,11 +70,7 @@ pub async fn start(config: Config) -> anyhow::Result<RunningServer> {
         .to_owned();
     let state = Arc::new(AppState {
         tokens: TokenService::new(&config.api_key, &config.api_secret),
-        hub: Hub::new(
-            sfu.clone(),
-            audit.clone(),
-            Some(config.data_dir.join("summaries")),
-        ),
+        hub: Hub::new(sfu.clone(), audit.clone(), &config.data_dir),
         audit,
         stills: crate::stills::StillStore::new(&config.data_dir),
         metrics: crate::metrics::Metrics::new(),

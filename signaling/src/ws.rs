@@ -421,6 +421,26 @@ async fn handle_msg(
                 command,
             },
         )?,
+        ClientMsg::RequestRecording { track_ids } => hub.input(
+            room,
+            Input::RequestRecording {
+                by: id.to_owned(),
+                id: format!("rec{:016x}", rand::random::<u64>()),
+                track_ids,
+            },
+        )?,
+        ClientMsg::RecordingConsent {
+            recording_id,
+            accept,
+        } => hub.input(
+            room,
+            Input::RecordingConsent {
+                by: id.to_owned(),
+                recording_id,
+                accept,
+            },
+        )?,
+        ClientMsg::StopRecording => hub.input(room, Input::StopRecording { by: id.to_owned() })?,
         ClientMsg::Ping => {
             send(sink, &ServerMsg::Pong).await;
         }

@@ -1,0 +1,197 @@
+//! Writing consented recordings: one file per recorded track under
+//! `recordings/<room>/<recording id>-<label>-<participant>.{ogg,ivf}` in the data directory.
+//!
+//! Each track gets a tap on the SFU (a bounded channel: a slow disk loses packets, never
+//! slows forwarding) and a writer thread (file I/O stays off the async runtime). Stopping sets
+//! a flag; the writer drains what it has, closes the file, and the tap ends with its receiver.
+
+use crate::audit::AuditLog;
+use consult_protocol::{RecordedTrack, TrackKind};
+use consult_recorder::ogg_opus::OggOpusRecorder;
+use consult_recorder::vp8_ivf::Vp8IvfRecorder;
+use consult_sfu::{SfuHandle, TapPacket};
+use serde_json::json;
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+use tokio::sync::mpsc;
+use tracing::{info, warn};
+
+/// Packets a tap buffers before dropping (several seconds of video).
+const TAP_DEPTH: usize = 2048;
+
+pub struct Recordings {
+    dir: PathBuf,
+    /// Stop flags of running recordings, by recording id.
+    running: Mutex<HashMap<String, Arc<AtomicBool>>>,
+}
+
+impl Recordings {
+    pub fn new(data_dir: &Path) -> Recordings {
+        Recordings {
+            dir: data_dir.join("recordings"),
+            running: Mutex::new(HashMap::new()),
+        }
+    }
+
+    /// Whether recording `id` is being written.
+    pub fn is_running(&self, id: &str) -> bool {
+        self.running.lock().is_ok_and(|r| r.contains_key(id))
+    }
+
+    pub fn start(
+        &self,
+        sfu: &SfuHandle,
+        audit: &AuditLog,
+        room: &str,
+        id: &str,
+        tracks: &[RecordedTrack],
+    ) {
+        let stop = Arc::new(AtomicBool::new(false));
+        if let Ok(mut r) = self.running.lock() {
+            r.insert(id.to_owned(), stop.clone());
+        }
+        let dir = self.dir.join(crate::summary::file_stem(room));
+        for t in tracks {
+            let Some((participant, mid)) = t.track_id.split_once('/') else {
+                continue;
+            };
+            let ext = match t.kind {
+                TrackKind::Audio => "ogg",
+                TrackKind::Video => "ivf",
+            };
+            let path = dir.join(format!("{id}-{}-{participant}.{ext}", t.label));
+            let (tx, rx) = mpsc::channel(TAP_DEPTH);
+            let writer = spawn_writer(
+                path.clone(),
+                t.clone(),
+                rx,
+                stop.clone(),
+                audit.clone(),
+                room,
+            );
+            if let Err(e) = writer {
+                warn!(room, "recording not started: {e:#}");
+                recorder_error(audit, room, id, &format!("{e:#}"));
+                continue;
+            }
+            let tap = sfu.tap(participant, mid, tx);
+            let (a, r, i) = (audit.clone(), room.to_owned(), id.to_owned());
+            tokio::spawn(async move {
+                if let Err(e) = tap.await {
+                    recorder_error(&a, &r, &i, &e.to_string());
+                }
+            });
+            info!(room, path = %path.display(), "recording track");
+        }
+    }
+
+    pub fn stop(&self, id: &str) {
+        let stop = self.running.lock().ok().and_then(|mut r| r.remove(id));
+        if let Some(s) = stop {
+            s.store(true, Ordering::Relaxed);
+        }
+    }
+}
+
+fn recorder_error(audit: &AuditLog, room: &str, id: &str, error: &str) {
+    audit.record(
+        room,
+        None,
+        "incident",
+        None,
+        json!({"kind": "recorder_error", "recording_id": id, "error": error}),
+    );
+}
+
+fn spawn_writer(
+    path: PathBuf,
+    track: RecordedTrack,
+    mut rx: mpsc::Receiver<TapPacket>,
+    stop: Arc<AtomicBool>,
+    audit: AuditLog,
+    room: &str,
+) -> anyhow::Result<()> {
+    if let Some(parent) = path.parent() {
+        std::fs::create_dir_all(parent)?;
+    }
+    let file = std::fs::File::create(&path)?;
+    let room = room.to_owned();
+    std::thread::Builder::new()
+        .name("recorder".into())
+        .spawn(move || {
+            let label = track.label.to_string();
+            let result = match track.kind {
+                TrackKind::Audio => {
+                    let serial = rand::random::<u32>();
+                    OggOpusRecorder::new(file, serial, 1, &[("TITLE", label.as_str())]).and_then(
+                        |mut w| {
+                            pump(&mut rx, &stop, |p| w.push(p.seq, p.timestamp, &p.payload))?;
+                            w.finish().map(|(_, s)| {
+                                json!({"packets": s.packets_written, "lost_frames": s.lost_frames_filled,
+                                       "seconds": s.duration_samples as f64 / 48_000.0})
+                            })
+                        },
+                    )
+                }
+                TrackKind::Video => {
+                    let mut w = Vp8IvfRecorder::new(file);
+                    pump(&mut rx, &stop, |p| {
+                        w.push(p.seq, p.timestamp, p.marker, &p.payload)
+                    })
+                    .and_then(|()| w.finish())
+                    .map(|(_, s)| {
+                        json!({"frames": s.frames_written, "frames_dropped": s.frames_dropped,
+                               "seconds": s.duration_secs})
+                    })
+                }
+            };
+            match result {
+                Ok(detail) => {
+                    info!(path = %path.display(), %detail, "recording closed");
+                    audit.record(
+                        &room,
+                        None,
+                        "recording_file",
+                        None,
+                        json!({"file": path.file_name().map(|f| f.to_string_lossy().to_string()),
+                               "track_id": track.track_id, "label": track.label, "stats": detail}),
+                    );
+                }
+                Err(e) => {
+                    warn!(path = %path.display(), "recording failed: {e}");
+                    audit.record(
+                        &room,
+                        None,
+                        "incident",
+                        None,
+                        json!({"kind": "recorder_error", "track_id": track.track_id,
+                               "error": e.to_string()}),
+                    );
+                }
+            }
+        })?;
+    Ok(())
+}
+
+/// Feed packets to `push` until stopped (or the tap is gone), then what is left.
+fn pump(
+    rx: &mut mpsc::Receiver<TapPacket>,
+    stop: &AtomicBool,
+    mut push: impl FnMut(&TapPacket) -> std::io::Result<()>,
+) -> std::io::Result<()> {
+    loop {
+        match rx.try_recv() {
+            Ok(p) => push(&p)?,
+            Err(mpsc::error::TryRecvError::Empty) => {
+                if stop.load(Ordering::Relaxed) {
+                    return Ok(());
+                }
+                std::thread::sleep(Duration::from_millis(10));
+            }
+            Err(mpsc::error::TryRecvError::Disconnected) => return Ok(()),
+        }
+    }
+}
