@@ -202,6 +202,14 @@ function addRemoteTile({ info, track }) {
     a.srcObject = new MediaStream([track]);
     tile.append(a);
     if (info.label === "stethoscope") tile.append(stethoscopePanel(track, a));
+    if (state.client.claims.role === "physician") {
+      // Record this track (the stethoscope for the file); every participant must consent.
+      const rec = document.createElement("button");
+      rec.textContent = t("record");
+      rec.dataset.record = info.track_id;
+      rec.onclick = () => state.client.requestRecording([info.track_id]);
+      tile.append(rec);
+    }
   }
   tile.append(labelEl(`${participantName(info.participant_id)} — ${t(info.label)}`), quality);
   $("tiles").append(tile);
@@ -372,6 +380,39 @@ async function takeFrameStill(video, label) {
   await state.client.queueStill(blob, { label, device: null, takenAt: Date.now() });
 }
 
+// ---------- recording consent ----------
+
+function renderRecording(msg) {
+  const me = state.client.participantId;
+  const banner = $("recording-banner");
+  const asked = msg.phase === "pending" && msg.waiting_for.includes(me);
+  const what = msg.tracks.map((tr) => `${t(tr.label)} (${participantName(tr.participant_id)})`).join(", ");
+  let text;
+  if (msg.phase === "pending") text = asked ? t("consent_asked").replace("{what}", what) : t("consent_waiting").replace("{n}", msg.waiting_for.length);
+  else if (msg.phase === "recording") text = `● ${t("recording_on")}: ${what}`;
+  else {
+    // The server's reason names participants by id: show their names.
+    const reason = (msg.reason || "").replace(/p[0-9a-f]{16}/g, (id) => participantName(id));
+    text = `${t("recording_off")}${reason ? ` (${reason})` : ""}`;
+  }
+  $("recording-text").textContent = text;
+  $("recording-accept").hidden = !asked;
+  $("recording-refuse").hidden = !asked;
+  $("recording-withdraw").hidden = msg.phase !== "recording" || msg.requested_by === me;
+  $("recording-stop").hidden = msg.phase === "stopped" || state.client.claims.role !== "physician";
+  banner.hidden = false;
+  banner.dataset.phase = msg.phase;
+  document.body.dataset.recording = msg.phase;
+}
+
+function setupRecordingBanner() {
+  const answer = (accept) => () => state.client.recordingConsent(state.client.recording.recording_id, accept);
+  $("recording-accept").onclick = answer(true);
+  $("recording-refuse").onclick = answer(false);
+  $("recording-withdraw").onclick = answer(false);
+  $("recording-stop").onclick = () => state.client.stopRecording();
+}
+
 // ---------- far-end control (cart side) ----------
 
 const frozen = {}; // label → {canvasTrack}
@@ -482,6 +523,8 @@ async function join() {
     state.remote.delete(e.detail.track_id);
   });
   c.addEventListener("still", (e) => addToGallery(e.detail.still));
+  c.addEventListener("recording", (e) => renderRecording(e.detail));
+  setupRecordingBanner();
   c.addEventListener("device", (e) => onDeviceControl(e.detail).catch((err) => problem(String(err))));
   c.addEventListener("upload", (e) => {
     const d = e.detail;

@@ -194,6 +194,10 @@ export class ConsultClient extends EventTarget {
       case "still_available":
         this.emit("still", { still: msg.still });
         break;
+      case "recording":
+        this.recording = msg;
+        this.emit("recording", msg);
+        break;
       case "error":
         if (this.pendingPublish && (msg.code === "bad_sdp" || msg.code === "not_admitted")) {
           this.pendingPublish.reject(new Error(msg.message));
@@ -281,6 +285,12 @@ export class ConsultClient extends EventTarget {
     const p = this.published.find((x) => x.label === label);
     if (p) await p.sender.replaceTrack(track);
   }
+
+  /** Physician: ask to record these tracks; everyone admitted must consent first. */
+  requestRecording(trackIds) { this.send({ type: "request_recording", track_ids: trackIds }); }
+  /** Consent to a recording, or refuse / withdraw it (accept = false). */
+  recordingConsent(recordingId, accept) { this.send({ type: "recording_consent", recording_id: recordingId, accept }); }
+  stopRecording() { this.send({ type: "stop_recording" }); }
 
   admit(id) { this.send({ type: "admit", participant_id: id }); }
   refuse(id, reason) { this.send({ type: "refuse", participant_id: id, reason: reason || null }); }

@@ -111,6 +111,17 @@ async function waitStats(page, what, check, timeoutMs = 30000) {
   assert.fail(`${what}: not reached; last stats ${JSON.stringify(last)}`);
 }
 
+/** Poll `f` until it returns something truthy. */
+async function waitFor(f, timeoutMs = 15000) {
+  const deadline = Date.now() + timeoutMs;
+  while (Date.now() < deadline) {
+    const v = await f();
+    if (v) return v;
+    await new Promise((r) => setTimeout(r, 250));
+  }
+  assert.fail("condition not reached");
+}
+
 function inbound(s, label) {
   return s.inbound.filter((i) => i.label === label);
 }
@@ -240,6 +251,26 @@ test("waiting room, admission, media both ways, stethoscope settings and a still
   );
   assert.equal(await cart.evaluate(() => window.consult.client.iceRestarts), 1);
   assert.equal(await cart.evaluate(() => document.body.dataset.state), "admitted");
+
+  // Recording the stethoscope: the cart is asked, nothing runs until it consents, and its
+  // withdrawal stops it.
+  await doc.click(`.tile.remote[data-label=stethoscope] button[data-record]`);
+  await cart.waitForSelector("#recording-accept:not([hidden])");
+  assert.equal(await doc.evaluate(() => document.body.dataset.recording), "pending");
+  await cart.click("#recording-accept");
+  await doc.waitForSelector("body[data-recording=recording]");
+  await cart.waitForSelector("#recording-withdraw:not([hidden])");
+  await new Promise((r) => setTimeout(r, 2000));
+  await cart.click("#recording-withdraw");
+  await doc.waitForSelector("body[data-recording=stopped]");
+  const recAudit = await waitFor(async () => {
+    const rows = await (await fetch(`${baseUrl}/api/audit?room=${encodeURIComponent(await doc.evaluate(() => window.consult.client.claims.room))}`, { headers: { authorization: API } })).json();
+    return rows.find((r) => r.action === "recording_file") ? rows : null;
+  });
+  const recActions = recAudit.map((r) => r.action).filter((a) => a.startsWith("recording"));
+  assert.deepEqual(recActions, ["recording_requested", "recording_consent", "recording_started", "recording_consent", "recording_stopped", "recording_file"]);
+  const recFile = recAudit.find((r) => r.action === "recording_file").detail;
+  assert.ok(recFile.stats.seconds > 1.5, `recorded ${recFile.stats.seconds} s`);
 
   await doc.screenshot({ path: join(ARTIFACTS, "physician.png") });
   await cart.screenshot({ path: join(ARTIFACTS, "companion.png") });
