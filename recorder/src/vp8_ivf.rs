@@ -172,10 +172,19 @@ impl<W: Write + Seek> Vp8IvfRecorder<W> {
         // Keep the header's length current (once a second at 30 fps), so a file cut short by
         // a crash still says how long it is.
         if self.frames_written.is_multiple_of(30) {
-            self.write_length()?;
+            self.write_length_if_seekable()?;
         }
         self.out.flush()?;
         Ok(())
+    }
+
+    /// As [`Self::write_length`], skipped on an append-only output (a sealed file: the export
+    /// command fixes the length, see [`fix_ivf_length`]).
+    fn write_length_if_seekable(&mut self) -> std::io::Result<()> {
+        match self.write_length() {
+            Err(e) if e.kind() == std::io::ErrorKind::Unsupported => Ok(()),
+            other => other,
+        }
     }
 
     /// The header's length field: as ffmpeg reads it, the duration in time-base units
@@ -207,7 +216,7 @@ impl<W: Write + Seek> Vp8IvfRecorder<W> {
             self.take(p)?;
         }
         if self.started {
-            self.write_length()?;
+            self.write_length_if_seekable()?;
             self.out.flush()?;
         }
         let stats = VideoStats {
@@ -217,6 +226,31 @@ impl<W: Write + Seek> Vp8IvfRecorder<W> {
         };
         Ok((self.out, stats))
     }
+}
+
+/// Set an IVF file's length field from its frames (first to last timestamp, plus one average
+/// frame interval), as the recorder does on a seekable file. Returns the number of frames.
+pub fn fix_ivf_length(ivf: &mut [u8]) -> Option<u32> {
+    if ivf.len() < 32 || &ivf[0..4] != b"DKIF" {
+        return None;
+    }
+    let (mut i, mut frames, mut first, mut last) = (32usize, 0u64, None, 0u64);
+    while i + 12 <= ivf.len() {
+        let size = u32::from_le_bytes(ivf[i..i + 4].try_into().ok()?) as usize;
+        let pts = u64::from_le_bytes(ivf[i + 4..i + 12].try_into().ok()?);
+        if i + 12 + size > ivf.len() {
+            break;
+        }
+        first.get_or_insert(pts);
+        last = pts;
+        frames += 1;
+        i += 12 + size;
+    }
+    let span = last - first.unwrap_or(0);
+    let per = if frames > 1 { span / (frames - 1) } else { 0 };
+    let length = (span + per).min(u64::from(u32::MAX)) as u32;
+    ivf[24..28].copy_from_slice(&length.to_le_bytes());
+    Some(frames as u32)
 }
 
 /// The 32-byte IVF file header; time base 1/90000 (RTP clock).

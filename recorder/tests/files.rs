@@ -4,7 +4,10 @@
 //! message) where ffmpeg is not installed.
 
 use consult_recorder::ogg_opus::OggOpusRecorder;
+use consult_recorder::sealed::{self, SealedWriter};
 use consult_recorder::vp8_ivf::Vp8IvfRecorder;
+
+const KEY: sealed::Key = [0x42; 32];
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
@@ -167,7 +170,8 @@ fn recording_child() {
         return;
     };
     let packets = encode(&signal(30.0));
-    let file = std::fs::File::create(path).unwrap();
+    // As the server writes recordings: encrypted at rest, sealed chunk by chunk.
+    let file = SealedWriter::new(std::fs::File::create(path).unwrap(), &KEY).unwrap();
     let mut rec = OggOpusRecorder::new(file, 9, 1, &[]).unwrap();
     for (i, p) in packets.iter().enumerate() {
         rec.push(i as u64, 960 * i as u32, p).unwrap();
@@ -189,6 +193,14 @@ fn recorder_killed_mid_recording_leaves_a_readable_file() {
     std::thread::sleep(std::time::Duration::from_millis(3500));
     child.kill().unwrap(); // SIGKILL: no chance to finish the file
     child.wait().unwrap();
+    let opened = sealed::open(std::fs::File::open(&path).unwrap(), &KEY).unwrap();
+    assert!(
+        !opened.complete,
+        "a killed recorder never wrote its last chunk"
+    );
+    eprintln!("{} sealed chunks recovered", opened.chunks);
+    let path = tmp("killed-exported.ogg");
+    std::fs::write(&path, &opened.plaintext).unwrap();
     let (info, duration) = probe(&path);
     let out = Command::new("ffmpeg")
         .args(["-v", "error", "-i"])

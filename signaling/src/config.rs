@@ -30,6 +30,10 @@ pub struct Config {
     pub data_dir: PathBuf,
     /// Default lifetime of minted tokens.
     pub token_ttl_secs: u64,
+    /// Key encrypting recordings at rest: 64 hex digits (XChaCha20-Poly1305). Without it a
+    /// key is generated once in `data_dir/recording.key`; keep it apart from the recordings
+    /// in production.
+    pub recording_key: Option<String>,
 }
 
 impl Default for Config {
@@ -46,11 +50,40 @@ impl Default for Config {
             insecure_http: false,
             data_dir: PathBuf::from("data"),
             token_ttl_secs: 4 * 3600,
+            recording_key: None,
         }
     }
 }
 
 impl Config {
+    /// The recording key: configured, else read (or created once) in the data directory.
+    pub fn recording_key(&self) -> anyhow::Result<consult_recorder::sealed::Key> {
+        use consult_recorder::sealed::key_from_hex;
+        if let Some(hex) = &self.recording_key {
+            return key_from_hex(hex)
+                .ok_or_else(|| anyhow::anyhow!("recording_key must be 64 hex digits"));
+        }
+        let path = self.data_dir.join("recording.key");
+        if let Ok(text) = std::fs::read_to_string(&path) {
+            return key_from_hex(&text)
+                .ok_or_else(|| anyhow::anyhow!("{}: not 64 hex digits", path.display()));
+        }
+        std::fs::create_dir_all(&self.data_dir)?;
+        let key: [u8; 32] = rand::random();
+        let hex: String = key.iter().map(|b| format!("{b:02x}")).collect();
+        {
+            use std::io::Write;
+            let mut f = std::fs::OpenOptions::new()
+                .write(true)
+                .create_new(true)
+                .mode_owner_only()
+                .open(&path)?;
+            f.write_all(hex.as_bytes())?;
+        }
+        tracing::warn!(path = %path.display(), "generated a recording key");
+        Ok(key)
+    }
+
     /// A configuration for tests: loopback, ephemeral ports, plain HTTP, its own data dir.
     pub fn for_tests(data_dir: PathBuf) -> Config {
         Config {
@@ -89,6 +122,22 @@ impl Config {
 
     pub fn audit_db(&self) -> PathBuf {
         self.data_dir.join("audit.db")
+    }
+}
+
+/// Owner-only permissions for key files (on Unix).
+trait OwnerOnly {
+    fn mode_owner_only(&mut self) -> &mut Self;
+}
+
+impl OwnerOnly for std::fs::OpenOptions {
+    fn mode_owner_only(&mut self) -> &mut Self {
+        #[cfg(unix)]
+        {
+            use std::os::unix::fs::OpenOptionsExt;
+            self.mode(0o600);
+        }
+        self
     }
 }
 

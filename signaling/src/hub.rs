@@ -35,9 +35,14 @@ pub struct Hub {
 }
 
 impl Hub {
-    pub fn new(sfu: SfuHandle, audit: AuditLog, data_dir: &std::path::Path) -> Hub {
+    pub fn new(
+        sfu: SfuHandle,
+        audit: AuditLog,
+        data_dir: &std::path::Path,
+        recording_key: consult_recorder::sealed::Key,
+    ) -> Hub {
         Hub {
-            recordings: crate::recording::Recordings::new(data_dir),
+            recordings: crate::recording::Recordings::new(data_dir, recording_key),
             summaries_dir: Some(data_dir.join("summaries")),
             rooms: DashMap::new(),
             sessions: DashMap::new(),

@@ -39,6 +39,9 @@ struct Cli {
     insecure_http: bool,
     #[arg(long, env = "CONSULT_DATA_DIR")]
     data_dir: Option<PathBuf>,
+    /// Recording encryption key, 64 hex digits (default: generated in the data dir).
+    #[arg(long, env = "CONSULT_RECORDING_KEY", hide_env_values = true)]
+    recording_key: Option<String>,
     #[command(subcommand)]
     command: Option<Cmd>,
 }
@@ -62,6 +65,14 @@ enum Cmd {
         /// Lifetime in seconds.
         #[arg(long, default_value_t = 4 * 3600)]
         ttl: u64,
+    },
+    /// Decrypt a recording (`*.ogg.sealed`, `*.ivf.sealed`) into its standard file, with the
+    /// configured recording key (`recording_key`, else `<data dir>/recording.key`).
+    ExportRecording {
+        /// The sealed file.
+        input: PathBuf,
+        /// Where to write the Ogg/Opus or IVF file.
+        output: PathBuf,
     },
 }
 
@@ -110,6 +121,9 @@ fn config(cli: &Cli) -> anyhow::Result<Config> {
     if let Some(v) = &cli.data_dir {
         c.data_dir = v.clone();
     }
+    if let Some(v) = &cli.recording_key {
+        c.recording_key = Some(v.clone());
+    }
     Ok(c)
 }
 
@@ -145,6 +159,20 @@ async fn main() -> anyhow::Result<()> {
                 ttl,
             );
             println!("{token}");
+            Ok(())
+        }
+        Some(Cmd::ExportRecording { input, output }) => {
+            let key = config.recording_key()?;
+            let complete = consult_signaling::recording::export(&input, &output, &key)?;
+            if complete {
+                println!("{}: complete", output.display());
+            } else {
+                println!(
+                    "{}: the recording was cut short (server stopped while recording); \
+                     everything up to its last second is there",
+                    output.display()
+                );
+            }
             Ok(())
         }
         Some(Cmd::Serve) | None => {

@@ -1,5 +1,7 @@
 //! Writing consented recordings: one file per recorded track under
-//! `recordings/<room>/<recording id>-<label>-<participant>.{ogg,ivf}` in the data directory.
+//! `recordings/<room>/<recording id>-<label>-<participant>.{ogg,ivf}.sealed` in the data
+//! directory, encrypted at rest (`consult_recorder::sealed`) as it is written;
+//! [`export`] (and `consult-server export-recording`) gives back the standard file.
 //!
 //! Each track gets a tap on the SFU (a bounded channel: a slow disk loses packets, never
 //! slows forwarding) and a writer thread (file I/O stays off the async runtime). Stopping sets
@@ -8,6 +10,7 @@
 use crate::audit::AuditLog;
 use consult_protocol::{RecordedTrack, TrackKind};
 use consult_recorder::ogg_opus::OggOpusRecorder;
+use consult_recorder::sealed::{Key, SealedWriter};
 use consult_recorder::vp8_ivf::Vp8IvfRecorder;
 use consult_sfu::{SfuHandle, TapPacket};
 use serde_json::json;
@@ -24,14 +27,16 @@ const TAP_DEPTH: usize = 2048;
 
 pub struct Recordings {
     dir: PathBuf,
+    key: Key,
     /// Stop flags of running recordings, by recording id.
     running: Mutex<HashMap<String, Arc<AtomicBool>>>,
 }
 
 impl Recordings {
-    pub fn new(data_dir: &Path) -> Recordings {
+    pub fn new(data_dir: &Path, key: Key) -> Recordings {
         Recordings {
             dir: data_dir.join("recordings"),
+            key,
             running: Mutex::new(HashMap::new()),
         }
     }
@@ -59,13 +64,14 @@ impl Recordings {
                 continue;
             };
             let ext = match t.kind {
-                TrackKind::Audio => "ogg",
-                TrackKind::Video => "ivf",
+                TrackKind::Audio => "ogg.sealed",
+                TrackKind::Video => "ivf.sealed",
             };
             let path = dir.join(format!("{id}-{}-{participant}.{ext}", t.label));
             let (tx, rx) = mpsc::channel(TAP_DEPTH);
             let writer = spawn_writer(
                 path.clone(),
+                &self.key,
                 t.clone(),
                 rx,
                 stop.clone(),
@@ -108,6 +114,7 @@ fn recorder_error(audit: &AuditLog, room: &str, id: &str, error: &str) {
 
 fn spawn_writer(
     path: PathBuf,
+    key: &Key,
     track: RecordedTrack,
     mut rx: mpsc::Receiver<TapPacket>,
     stop: Arc<AtomicBool>,
@@ -117,7 +124,7 @@ fn spawn_writer(
     if let Some(parent) = path.parent() {
         std::fs::create_dir_all(parent)?;
     }
-    let file = std::fs::File::create(&path)?;
+    let file = SealedWriter::new(std::fs::File::create(&path)?, key)?;
     let room = room.to_owned();
     std::thread::Builder::new()
         .name("recorder".into())
@@ -129,10 +136,10 @@ fn spawn_writer(
                     OggOpusRecorder::new(file, serial, 1, &[("TITLE", label.as_str())]).and_then(
                         |mut w| {
                             pump(&mut rx, &stop, |p| w.push(p.seq, p.timestamp, &p.payload))?;
-                            w.finish().map(|(_, s)| {
-                                json!({"packets": s.packets_written, "lost_frames": s.lost_frames_filled,
-                                       "seconds": s.duration_samples as f64 / 48_000.0})
-                            })
+                            let (sealed, s) = w.finish()?;
+                            sealed.finish()?;
+                            Ok(json!({"packets": s.packets_written, "lost_frames": s.lost_frames_filled,
+                                      "seconds": s.duration_samples as f64 / 48_000.0}))
                         },
                     )
                 }
@@ -142,9 +149,10 @@ fn spawn_writer(
                         w.push(p.seq, p.timestamp, p.marker, &p.payload)
                     })
                     .and_then(|()| w.finish())
-                    .map(|(_, s)| {
-                        json!({"frames": s.frames_written, "frames_dropped": s.frames_dropped,
-                               "seconds": s.duration_secs})
+                    .and_then(|(sealed, s)| {
+                        sealed.finish()?;
+                        Ok(json!({"frames": s.frames_written, "frames_dropped": s.frames_dropped,
+                                  "seconds": s.duration_secs}))
                     })
                 }
             };
@@ -194,4 +202,17 @@ fn pump(
             Err(mpsc::error::TryRecvError::Disconnected) => return Ok(()),
         }
     }
+}
+
+/// Decrypt a sealed recording into its standard file (Ogg/Opus or IVF, the IVF length set).
+/// Returns whether the file had been closed properly (false: cut short by a crash; what was
+/// written up to the last second is there).
+pub fn export(sealed: &Path, out: &Path, key: &Key) -> anyhow::Result<bool> {
+    let opened = consult_recorder::sealed::open(std::fs::File::open(sealed)?, key)?;
+    let mut data = opened.plaintext;
+    if data.starts_with(b"DKIF") {
+        consult_recorder::vp8_ivf::fix_ivf_length(&mut data);
+    }
+    std::fs::write(out, data)?;
+    Ok(opened.complete)
 }

@@ -70,7 +70,12 @@ pub async fn start(config: Config) -> anyhow::Result<RunningServer> {
         .to_owned();
     let state = Arc::new(AppState {
         tokens: TokenService::new(&config.api_key, &config.api_secret),
-        hub: Hub::new(sfu.clone(), audit.clone(), &config.data_dir),
+        hub: Hub::new(
+            sfu.clone(),
+            audit.clone(),
+            &config.data_dir,
+            config.recording_key()?,
+        ),
         audit,
         stills: crate::stills::StillStore::new(&config.data_dir),
         metrics: crate::metrics::Metrics::new(),

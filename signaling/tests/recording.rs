@@ -123,9 +123,26 @@ async fn recording_needs_every_consent_and_stops_on_withdrawal() {
     .await
     .expect("the recording file is closed");
     assert_eq!(file.len(), 1, "{file:?}");
-    let path = &file[0];
-    let name = path.file_name().unwrap().to_string_lossy().to_string();
-    assert!(name.starts_with(&id2) && name.ends_with(".ogg"), "{name}");
+    let sealed = &file[0];
+    let name = sealed.file_name().unwrap().to_string_lossy().to_string();
+    assert!(
+        name.starts_with(&id2) && name.ends_with(".ogg.sealed"),
+        "{name}"
+    );
+    // Encrypted at rest: no Ogg page in sight; the export command's function gives it back.
+    let raw = std::fs::read(sealed).unwrap();
+    assert!(!raw.windows(4).any(|w| w == b"OggS"), "encrypted at rest");
+    let key = srv.server.state.config.recording_key().unwrap();
+    let exported = srv.dir.join("exported.ogg");
+    let complete = consult_signaling::recording::export(sealed, &exported, &key).unwrap();
+    assert!(complete, "closed properly");
+    let mut wrong = key;
+    wrong[0] ^= 1;
+    assert!(
+        consult_signaling::recording::export(sealed, &exported.with_extension("x"), &wrong)
+            .is_err()
+    );
+    let path = &exported;
 
     if std::process::Command::new("ffprobe")
         .arg("-version")
