@@ -19,6 +19,7 @@ pub struct Metrics {
     participants: IntGaugeVec,
     tracks: IntGauge,
     sessions: IntGauge,
+    recordings: IntGauge,
     sfu_participants: IntGauge,
     counters: Vec<(IntCounter, ReadCounter)>,
     estimate: prometheus::GaugeVec,
@@ -124,6 +125,11 @@ impl Metrics {
             rooms: gauge(&r, "consult_rooms", "Consultation rooms not ended"),
             tracks: gauge(&r, "consult_tracks", "Tracks published in open rooms"),
             sessions: gauge(&r, "consult_sessions", "Signaling sessions connected"),
+            recordings: gauge(
+                &r,
+                "consult_recordings_active",
+                "Consented recordings being written",
+            ),
             sfu_participants: gauge(
                 &r,
                 "consult_sfu_participants",
@@ -164,6 +170,7 @@ impl Metrics {
             .set(census.admitted as i64);
         self.tracks.set(census.tracks as i64);
         self.sessions.set(sessions as i64);
+        self.recordings.set(state.hub.recordings.active() as i64);
         self.sfu_participants.set(sfu.participants as i64);
         for (c, get) in &self.counters {
             let now = get(&sfu);

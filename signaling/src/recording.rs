@@ -41,6 +41,11 @@ impl Recordings {
         }
     }
 
+    /// Recordings being written now.
+    pub fn active(&self) -> usize {
+        self.running.lock().map(|r| r.len()).unwrap_or(0)
+    }
+
     /// Whether recording `id` is being written.
     pub fn is_running(&self, id: &str) -> bool {
         self.running.lock().is_ok_and(|r| r.contains_key(id))

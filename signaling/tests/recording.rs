@@ -58,7 +58,14 @@ async fn recording_needs_every_consent_and_stops_on_withdrawal() {
     let _sending = t[0].send_frames(frames, Duration::from_millis(20));
     let steth = take_tracks(&mut doc, 1).await.remove(0);
     let track_id = steth.info.track_id.clone();
-    tokio::spawn(async move { while steth.track.read_rtp().await.is_ok() {} });
+    // What the physician receives, to compare with what is recorded.
+    let received = std::sync::Arc::new(std::sync::Mutex::new(Vec::<Vec<u8>>::new()));
+    let rx = received.clone();
+    tokio::spawn(async move {
+        while let Ok((p, _)) = steth.track.read_rtp().await {
+            rx.lock().unwrap().push(p.payload.to_vec());
+        }
+    });
 
     // Asked: the companion must answer; nothing is written meanwhile.
     doc.send(ClientMsg::RequestRecording {
@@ -100,6 +107,8 @@ async fn recording_needs_every_consent_and_stops_on_withdrawal() {
     assert_eq!(phase, RecordingPhase::Recording);
     let started = Instant::now();
     tokio::time::sleep(Duration::from_secs(5)).await;
+    let (_, m) = srv.api_get("/metrics").await;
+    assert_eq!(metric(&m, "consult_recordings_active", ""), Some(1.0));
     ide.send(ClientMsg::RecordingConsent {
         recording_id: id2.clone(),
         accept: false,
@@ -143,6 +152,29 @@ async fn recording_needs_every_consent_and_stops_on_withdrawal() {
             .is_err()
     );
     let path = &exported;
+
+    // Lossless: the file's Opus packets are, byte for byte, a run of what the physician got.
+    let mut reader = ogg::PacketReader::new(std::fs::File::open(path).unwrap());
+    let mut packets = Vec::new();
+    while let Some(p) = reader.read_packet().unwrap() {
+        packets.push(p.data);
+    }
+    let audio = &packets[2..packets.len() - 1]; // headers; closing lost-frame packet
+    let got = received.lock().unwrap().clone();
+    let start = got
+        .iter()
+        .position(|p| *p == audio[0])
+        .expect("the first recorded packet was received");
+    let same = audio
+        .iter()
+        .zip(&got[start..])
+        .take_while(|(a, b)| a == b)
+        .count();
+    eprintln!(
+        "recorded {} Opus packets, {same} identical in order to the physician's",
+        audio.len()
+    );
+    assert_eq!(same, audio.len());
 
     if std::process::Command::new("ffprobe")
         .arg("-version")
