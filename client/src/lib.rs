@@ -8,6 +8,7 @@
 pub mod audio;
 pub mod fidelity;
 pub mod heart;
+pub mod impair;
 mod peer;
 pub mod relay;
 mod rtx;
