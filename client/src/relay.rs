@@ -5,10 +5,14 @@
 //! Only RTP is dropped (not STUN, DTLS or RTCP), with a seeded generator, so a run is
 //! repeatable and the loss falls on the media the NACK path must recover.
 //!
+//! [`LossyRelay::start_impaired`] puts an impaired link (`impair.rs`: rate limit, queue,
+//! delay, jitter, random or bursty loss, reordering, scheduled over time) in each direction.
+//!
 //! The link can also go dark (nothing passes either way) and change path: after
 //! [`LossyRelay::change_path`] the SFU sees the client from a new address, as after a NAT
 //! rebinding or a switch from one uplink to another, and the old path is dead.
 
+use crate::impair::{LinkModel, LinkStats, Profile, Verdict};
 use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
@@ -37,6 +41,7 @@ pub struct LossyRelay {
     addr: SocketAddr,
     pub stats: Arc<RelayStats>,
     link: Arc<LinkState>,
+    shapers: Shapers,
     task: tokio::task::JoinHandle<()>,
 }
 
@@ -63,9 +68,140 @@ impl Rng {
     }
 }
 
+/// One direction of an impaired link: the [`LinkModel`] decides, a task delivers on time.
+pub struct Shaper {
+    model: std::sync::Mutex<LinkModel>,
+    deliveries: tokio::sync::mpsc::UnboundedSender<Delivery>,
+}
+
+struct Delivery {
+    at: tokio::time::Instant,
+    order: u64,
+    bytes: Vec<u8>,
+    socket: Arc<UdpSocket>,
+    to: SocketAddr,
+}
+
+impl PartialEq for Delivery {
+    fn eq(&self, o: &Self) -> bool {
+        (self.at, self.order) == (o.at, o.order)
+    }
+}
+impl Eq for Delivery {}
+impl PartialOrd for Delivery {
+    fn partial_cmp(&self, o: &Self) -> Option<std::cmp::Ordering> {
+        Some(self.cmp(o))
+    }
+}
+impl Ord for Delivery {
+    fn cmp(&self, o: &Self) -> std::cmp::Ordering {
+        // Reversed: the heap pops the earliest first.
+        (o.at, o.order).cmp(&(self.at, self.order))
+    }
+}
+
+impl Shaper {
+    pub fn new(schedule: Vec<(std::time::Duration, Profile)>, seed: u64) -> Arc<Shaper> {
+        let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel::<Delivery>();
+        tokio::spawn(async move {
+            let mut heap = std::collections::BinaryHeap::<Delivery>::new();
+            loop {
+                let next = heap.peek().map(|d| d.at);
+                tokio::select! {
+                    d = rx.recv() => match d {
+                        Some(d) => heap.push(d),
+                        None => return,
+                    },
+                    _ = async {
+                        match next {
+                            Some(at) => tokio::time::sleep_until(at).await,
+                            None => std::future::pending().await,
+                        }
+                    } => {
+                        let now = tokio::time::Instant::now();
+                        while heap.peek().is_some_and(|d| d.at <= now) {
+                            let d = heap.pop().expect("peeked");
+                            let _ = d.socket.send_to(&d.bytes, d.to).await;
+                        }
+                    }
+                }
+            }
+        });
+        Arc::new(Shaper {
+            model: std::sync::Mutex::new(LinkModel::scheduled(
+                std::time::Instant::now(),
+                schedule,
+                seed,
+            )),
+            deliveries: tx,
+        })
+    }
+
+    /// Pass a datagram through the link: dropped, or sent from `socket` to `to` when due.
+    pub fn send(&self, bytes: &[u8], socket: &Arc<UdpSocket>, to: SocketAddr) {
+        let now = std::time::Instant::now();
+        let (verdict, order) = {
+            let Ok(mut m) = self.model.lock() else { return };
+            let v = m.on_packet(now, bytes.len());
+            (v, m.stats.packets)
+        };
+        if let Verdict::Deliver(at) = verdict {
+            let at = tokio::time::Instant::now() + at.saturating_duration_since(now);
+            let _ = self.deliveries.send(Delivery {
+                at,
+                order,
+                bytes: bytes.to_vec(),
+                socket: socket.clone(),
+                to,
+            });
+        }
+    }
+
+    pub fn stats(&self) -> LinkStats {
+        self.model.lock().map(|m| m.stats).unwrap_or_default()
+    }
+}
+
+/// The two directions of an impaired link.
+#[derive(Clone, Default)]
+struct Shapers {
+    to_server: Option<Arc<Shaper>>,
+    to_client: Option<Arc<Shaper>>,
+}
+
 impl LossyRelay {
+    /// Relay to `upstream` through an impaired link: each direction follows its schedule of
+    /// profiles (rate, queue, delay, jitter, loss, reordering) from now on.
+    pub async fn start_impaired(
+        upstream: SocketAddr,
+        to_server: Vec<(std::time::Duration, Profile)>,
+        to_client: Vec<(std::time::Duration, Profile)>,
+        seed: u64,
+    ) -> std::io::Result<LossyRelay> {
+        let shapers = Shapers {
+            to_server: Some(Shaper::new(to_server, seed)),
+            to_client: Some(Shaper::new(to_client, seed.wrapping_add(1))),
+        };
+        Self::start_with(upstream, 0.0, seed, shapers).await
+    }
+
+    /// What each direction's link did: (toward the server, toward the client).
+    pub fn link_stats(&self) -> (LinkStats, LinkStats) {
+        let s = |x: &Option<Arc<Shaper>>| x.as_ref().map(|s| s.stats()).unwrap_or_default();
+        (s(&self.shapers.to_server), s(&self.shapers.to_client))
+    }
+
     /// Relay to `upstream`, dropping `loss` (0..1) of RTP packets sent toward the client.
     pub async fn start(upstream: SocketAddr, loss: f64, seed: u64) -> std::io::Result<LossyRelay> {
+        Self::start_with(upstream, loss, seed, Shapers::default()).await
+    }
+
+    async fn start_with(
+        upstream: SocketAddr,
+        loss: f64,
+        seed: u64,
+        shapers: Shapers,
+    ) -> std::io::Result<LossyRelay> {
         let front = Arc::new(UdpSocket::bind("127.0.0.1:0").await?);
         let addr = front.local_addr()?;
         let stats = Arc::new(RelayStats::default());
@@ -75,6 +211,7 @@ impl LossyRelay {
         let mut backs: HashMap<(SocketAddr, u64), Arc<UdpSocket>> = HashMap::new();
         let st = stats.clone();
         let lk = link.clone();
+        let sh = shapers.clone();
         let task = tokio::spawn(async move {
             let mut buf = vec![0u8; 2048];
             loop {
@@ -101,18 +238,24 @@ impl LossyRelay {
                             loss,
                             rng.clone(),
                             st.clone(),
-                            (lk.clone(), path),
+                            (lk.clone(), path, sh.to_client.clone()),
                         ));
                         b
                     }
                 };
-                let _ = back.send_to(&buf[..n], upstream).await;
+                match &sh.to_server {
+                    Some(s) => s.send(&buf[..n], &back, upstream),
+                    None => {
+                        let _ = back.send_to(&buf[..n], upstream).await;
+                    }
+                }
             }
         });
         Ok(LossyRelay {
             addr,
             stats,
             link,
+            shapers,
             task,
         })
     }
@@ -140,7 +283,8 @@ async fn downstream(
     loss: f64,
     rng: Arc<Mutex<Rng>>,
     stats: Arc<RelayStats>,
-    (link, path): (Arc<LinkState>, u64),
+    // The link's switches, this socket's path, and the link toward the client.
+    (link, path, shaper): (Arc<LinkState>, u64, Option<Arc<Shaper>>),
 ) {
     let mut buf = vec![0u8; 2048];
     while let Ok((n, _)) = back.recv_from(&mut buf).await {
@@ -158,6 +302,11 @@ async fn downstream(
                 continue;
             }
         }
-        let _ = front.send_to(&buf[..n], client).await;
+        match &shaper {
+            Some(s) => s.send(&buf[..n], &front, client),
+            None => {
+                let _ = front.send_to(&buf[..n], client).await;
+            }
+        }
     }
 }
