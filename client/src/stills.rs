@@ -8,7 +8,7 @@
 //! upload stopped and goes on from there. An entry leaves the queue only once the server has
 //! checked its SHA-256 and stored it.
 
-use anyhow::{anyhow, bail, Context};
+use anyhow::{anyhow, Context};
 use consult_protocol::{ApiError, StillInfo, StillUploadRequest, StillUploadStatus, TrackLabel};
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
@@ -54,17 +54,6 @@ fn now_ms() -> i64 {
         .unwrap_or(0)
 }
 
-/// The image type its first bytes say it is.
-pub fn sniff_content_type(image: &[u8]) -> Option<&'static str> {
-    if image.starts_with(&[0xFF, 0xD8, 0xFF]) {
-        Some("image/jpeg")
-    } else if image.starts_with(b"\x89PNG\r\n\x1a\n") {
-        Some("image/png")
-    } else {
-        None
-    }
-}
-
 impl StillQueue {
     /// Open (creating if needed) the queue in `dir`. Half-written entries left by a crash
     /// (an image without its JSON) are removed.
@@ -95,7 +84,7 @@ impl StillQueue {
         taken_at_ms: i64,
         device: Option<String>,
     ) -> anyhow::Result<String> {
-        let content_type = sniff_content_type(image)
+        let content_type = consult_protocol::still_content_type(image)
             .ok_or_else(|| anyhow!("not a JPEG or PNG image"))?
             .to_owned();
         // Stems sort in capture order: time, then a random part against collisions.
@@ -366,15 +355,6 @@ async fn refusal(resp: reqwest::Response) -> Failure {
         400 | 413 | 415 | 422 => Failure::Refused(format!("HTTP {status} {message}")),
         _ => Failure::Transient(anyhow!("HTTP {status} {message}")),
     }
-}
-
-/// Load an image file as a still to queue (for a cart taking stills from files).
-pub fn read_image(path: &Path) -> anyhow::Result<Vec<u8>> {
-    let bytes = std::fs::read(path).with_context(|| format!("{}", path.display()))?;
-    if sniff_content_type(&bytes).is_none() {
-        bail!("{}: not a JPEG or PNG image", path.display());
-    }
-    Ok(bytes)
 }
 
 #[cfg(test)]

@@ -11,36 +11,17 @@ use consult_client::stills::StillQueue;
 use consult_client::ClientEvent;
 use consult_protocol::{ClientMsg, Role, ServerMsg, TrackLabel};
 use consult_protocol::{DeviceCommand, StillInfo};
+use consult_recorder::vp8_ivf::vp8_payload;
 use sha2::{Digest, Sha256};
 use std::process::{Command, Stdio};
 use std::time::Duration;
 use webrtc::track::track_remote::TrackRemote;
 
-/// Whether an RTP payload starts a VP8 keyframe (RFC 7741 descriptor, then the frame tag).
+/// Whether an RTP payload starts a VP8 keyframe (descriptor parsed by the recorder's
+/// depacketizer, then the frame tag's keyframe bit).
 fn vp8_keyframe_start(p: &[u8]) -> bool {
-    if p.len() < 2 {
-        return false;
-    }
-    let mut i = 1;
-    if p[0] & 0x80 != 0 {
-        let x = p[1];
-        i += 1;
-        if x & 0x80 != 0 {
-            // Picture id, 1 or 2 bytes.
-            i += if p.get(i).is_some_and(|b| b & 0x80 != 0) {
-                2
-            } else {
-                1
-            };
-        }
-        if x & 0x40 != 0 {
-            i += 1;
-        }
-        if x & 0x30 != 0 {
-            i += 1;
-        }
-    }
-    p[0] & 0x10 != 0 && p.get(i).is_some_and(|b| b & 0x01 == 0)
+    vp8_payload(p)
+        .is_some_and(|(frame, start)| start && frame.first().is_some_and(|b| b & 0x01 == 0))
 }
 
 /// RTP timestamps (frames) of the packets read from `track` during `d`, and whether each

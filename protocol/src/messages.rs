@@ -507,6 +507,17 @@ pub struct StillUploadRequest {
     pub device: Option<String>,
 }
 
+/// The still image type a file's first bytes say it is (the types the upload API takes).
+pub fn still_content_type(head: &[u8]) -> Option<&'static str> {
+    if head.starts_with(&[0xFF, 0xD8, 0xFF]) {
+        Some("image/jpeg")
+    } else if head.starts_with(b"\x89PNG\r\n\x1a\n") {
+        Some("image/png")
+    } else {
+        None
+    }
+}
+
 /// State of an upload: where to resume, and the still once complete.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct StillUploadStatus {

@@ -52,17 +52,6 @@ fn extension(content_type: &str) -> Option<&'static str> {
     }
 }
 
-/// The type the file's first bytes say it is.
-fn sniff(head: &[u8]) -> Option<&'static str> {
-    if head.starts_with(&[0xFF, 0xD8, 0xFF]) {
-        Some("image/jpeg")
-    } else if head.starts_with(b"\x89PNG\r\n\x1a\n") {
-        Some("image/png")
-    } else {
-        None
-    }
-}
-
 fn safe_id(id: &str) -> bool {
     !id.is_empty() && id.len() <= 64 && id.chars().all(|c| c.is_ascii_alphanumeric())
 }
@@ -248,7 +237,7 @@ impl StillStore {
             let _ = std::fs::remove_file(&u.part);
             e
         };
-        if sniff(&bytes) != Some(u.meta.content_type.as_str()) {
+        if consult_protocol::still_content_type(&bytes) != Some(u.meta.content_type.as_str()) {
             return Err(fail(refuse(
                 415,
                 ErrorCode::UnsupportedType,
