@@ -10,6 +10,7 @@
 //! - [`runner`] is the thin I/O shell: a tokio task owning the socket and the timers.
 //! - [`api`] is the narrow interface the signaling server uses ([`SfuHandle`]).
 
+pub mod allocator;
 pub mod api;
 mod demux;
 pub mod engine;

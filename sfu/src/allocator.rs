@@ -1,0 +1,430 @@
+//! Per-subscriber bandwidth allocation by clinical priority (sans-I/O).
+//!
+//! Each subscriber's downlink estimate is split across the tracks it receives: audio first
+//! (the stethoscope before speech; audio is never paused), then video by rank — a track the
+//! physician pinned, then examination video (otoscope), shared screen, faces (camera). A video
+//! track gets the highest layer that fits what is left; one whose lowest layer does not fit is
+//! paused rather than sent at a rate the link cannot carry. With every video track paused the
+//! subscriber is in *audio-only* mode.
+//!
+//! Against oscillation: going down is immediate (audio must not queue behind video), going up
+//! needs [`UP_MARGIN`] of room above the layer's rate, held for [`UPGRADE_HOLD`].
+
+use consult_protocol::TrackLabel;
+use std::collections::HashMap;
+use std::hash::Hash;
+use std::time::{Duration, Instant};
+
+/// Share of the estimate media may use; the rest is left for RTCP, retransmissions and
+/// estimation error.
+pub const USABLE_SHARE: f64 = 0.9;
+/// A layer above the current one must fit with this much to spare before switching up.
+pub const UP_MARGIN: f64 = 1.25;
+/// How long the room for a higher layer must last before switching up.
+pub const UPGRADE_HOLD: Duration = Duration::from_millis(1500);
+
+/// What the allocator knows of one track a subscriber receives.
+#[derive(Debug, Clone)]
+pub struct TrackDemand<K> {
+    pub key: K,
+    pub label: TrackLabel,
+    /// Rate of each layer the publisher sends now (bits/s), lowest first; a layer at 0 is
+    /// not being sent and cannot be chosen. Audio has one layer.
+    pub layers: Vec<u64>,
+    pub pinned: bool,
+}
+
+/// The layer chosen for a track, or `None` when it is paused.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Decision<K> {
+    pub key: K,
+    pub layer: Option<usize>,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct Allocation<K> {
+    pub decisions: Vec<Decision<K>>,
+    /// Every video track is paused (and there is at least one).
+    pub audio_only: bool,
+    /// Rate of what is forwarded (bits/s).
+    pub allocated_bps: u64,
+    /// Rate needed for the next step up (current allocation plus the next layer or track),
+    /// for the estimator to probe toward; equals `allocated_bps` when nothing is held back.
+    pub next_step_bps: u64,
+    /// Rate of everything at its top layer: what the subscriber would take on a good link.
+    pub desired_bps: u64,
+}
+
+impl<K: Copy> Allocation<K> {
+    pub fn layer_of(&self, key: K) -> Option<usize>
+    where
+        K: PartialEq,
+    {
+        self.decisions
+            .iter()
+            .find(|d| d.key == key)
+            .and_then(|d| d.layer)
+    }
+}
+
+/// Lower ranks are served first.
+pub fn clinical_rank(label: TrackLabel) -> u8 {
+    match label {
+        TrackLabel::Stethoscope => 0,
+        TrackLabel::Microphone => 1,
+        TrackLabel::Otoscope => 2,
+        TrackLabel::Screen => 3,
+        TrackLabel::Camera => 4,
+    }
+}
+
+#[derive(Debug, Clone, Copy, Default)]
+struct TrackState {
+    layer: Option<usize>,
+    /// Since when a higher layer than `layer` has fitted (with margin).
+    up_since: Option<Instant>,
+}
+
+/// One subscriber's allocator.
+#[derive(Debug)]
+pub struct Allocator<K> {
+    tracks: HashMap<K, TrackState>,
+}
+
+impl<K> Default for Allocator<K> {
+    fn default() -> Self {
+        Allocator {
+            tracks: HashMap::new(),
+        }
+    }
+}
+
+impl<K: Copy + Eq + Hash> Allocator<K> {
+    /// Split `estimate_bps` across `tracks` at `now`.
+    pub fn allocate(
+        &mut self,
+        now: Instant,
+        estimate_bps: u64,
+        tracks: &[TrackDemand<K>],
+    ) -> Allocation<K> {
+        self.tracks
+            .retain(|k, _| tracks.iter().any(|t| t.key == *k));
+        let mut budget = (estimate_bps as f64 * USABLE_SHARE) as i64;
+        let mut decisions = Vec::with_capacity(tracks.len());
+        let mut allocated = 0u64;
+        let mut desired = 0u64;
+
+        // Audio is never paused: it is served first, stethoscope before speech.
+        let mut order: Vec<&TrackDemand<K>> = tracks.iter().collect();
+        order.sort_by_key(|t| (!is_audio(t), !t.pinned, clinical_rank(t.label)));
+        for t in order.iter().filter(|t| is_audio(t)) {
+            let rate = t.layers.first().copied().unwrap_or(0);
+            budget -= rate as i64;
+            allocated += rate;
+            desired += rate;
+            self.tracks.entry(t.key).or_default().layer = Some(0);
+            decisions.push(Decision {
+                key: t.key,
+                layer: Some(0),
+            });
+        }
+
+        let videos: Vec<&TrackDemand<K>> = order.into_iter().filter(|t| !is_audio(t)).collect();
+        let mut chosen: Vec<Option<usize>> = vec![None; videos.len()];
+        // First every video track at its lowest layer, by rank; then upgrades by rank.
+        for (i, t) in videos.iter().enumerate() {
+            desired += t.layers.iter().copied().max().unwrap_or(0);
+            let Some(lowest) = lowest_layer(t) else {
+                continue;
+            };
+            let current = self.tracks.get(&t.key).and_then(|s| s.layer);
+            let need = needed(t.layers[lowest], current.is_some());
+            if need <= budget {
+                chosen[i] = Some(lowest);
+                budget -= t.layers[lowest] as i64;
+            }
+        }
+        for (i, t) in videos.iter().enumerate() {
+            let Some(base) = chosen[i] else { continue };
+            let current = self.tracks.get(&t.key).and_then(|s| s.layer);
+            let mut best = base;
+            for l in (base + 1)..t.layers.len() {
+                let rate = t.layers[l];
+                if rate == 0 {
+                    continue;
+                }
+                let extra = rate as i64 - t.layers[best] as i64;
+                let spare = current.is_some_and(|c| l <= c);
+                if needed_extra(extra, rate, spare) <= budget {
+                    best = l;
+                }
+            }
+            budget -= t.layers[best] as i64 - t.layers[base] as i64;
+            chosen[i] = Some(best);
+        }
+
+        // Hysteresis: down (or paused) at once, up only after the room has lasted.
+        let mut next_step: Option<u64> = None;
+        for (i, t) in videos.iter().enumerate() {
+            let state = self.tracks.entry(t.key).or_default();
+            let target = chosen[i];
+            let going_up = match (state.layer, target) {
+                (None, Some(_)) => true,
+                (Some(c), Some(n)) => n > c && c < t.layers.len() && t.layers[c] > 0,
+                _ => false,
+            };
+            if going_up {
+                let since = *state.up_since.get_or_insert(now);
+                if now.saturating_duration_since(since) < UPGRADE_HOLD {
+                    // Hold the current layer (it fits: the target is above it).
+                    let hold = state.layer;
+                    let step = target
+                        .map(|n| t.layers[n])
+                        .unwrap_or(0)
+                        .saturating_sub(hold.map(|c| t.layers[c]).unwrap_or(0));
+                    next_step = Some(next_step.map_or(step, |s| s.min(step)));
+                    chosen[i] = hold;
+                }
+            } else {
+                state.up_since = None;
+            }
+            // Whatever the decision, the layer above it is what probing should aim at.
+            if let Some(n) = next_layer_rate(t, chosen[i]) {
+                next_step = Some(next_step.map_or(n, |s| s.min(n)));
+            }
+            let state = self.tracks.entry(t.key).or_default();
+            if state.layer != chosen[i] {
+                state.layer = chosen[i];
+                if !going_up {
+                    state.up_since = None;
+                }
+            }
+            if let Some(l) = chosen[i] {
+                allocated += t.layers[l];
+            }
+            decisions.push(Decision {
+                key: t.key,
+                layer: chosen[i],
+            });
+        }
+        // Restore input order for the caller.
+        decisions.sort_by_key(|d| tracks.iter().position(|t| t.key == d.key));
+        let audio_only = !videos.is_empty() && chosen.iter().all(Option::is_none);
+        Allocation {
+            decisions,
+            audio_only,
+            allocated_bps: allocated,
+            next_step_bps: allocated + next_step.unwrap_or(0),
+            desired_bps: desired,
+        }
+    }
+}
+
+fn is_audio(t: &TrackDemand<impl Sized>) -> bool {
+    matches!(t.label, TrackLabel::Stethoscope | TrackLabel::Microphone)
+}
+
+fn lowest_layer<K>(t: &TrackDemand<K>) -> Option<usize> {
+    t.layers.iter().position(|r| *r > 0)
+}
+
+/// Rate the layer above `layer` would add (from paused: the lowest layer's rate).
+fn next_layer_rate<K>(t: &TrackDemand<K>, layer: Option<usize>) -> Option<u64> {
+    let from = layer.map_or(0, |l| l + 1);
+    let base = layer.map_or(0, |l| t.layers[l]);
+    t.layers[from.min(t.layers.len())..]
+        .iter()
+        .find(|r| **r > base)
+        .map(|r| r - base)
+}
+
+/// Budget needed to forward a track's lowest layer: with margin unless it is forwarded now.
+fn needed(rate: u64, forwarded_now: bool) -> i64 {
+    if forwarded_now {
+        rate as i64
+    } else {
+        (rate as f64 * UP_MARGIN) as i64
+    }
+}
+
+/// Budget needed for `extra` bits/s to move up to a layer of `rate`: the margin is on the
+/// layer's whole rate, so a small step up still needs real room.
+fn needed_extra(extra: i64, rate: u64, at_or_below_current: bool) -> i64 {
+    if at_or_below_current {
+        extra
+    } else {
+        extra + ((UP_MARGIN - 1.0) * rate as f64) as i64
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn t0() -> Instant {
+        Instant::now()
+    }
+
+    fn demand() -> Vec<TrackDemand<u8>> {
+        vec![
+            TrackDemand {
+                key: 1,
+                label: TrackLabel::Camera,
+                layers: vec![100_000, 300_000, 1_200_000],
+                pinned: false,
+            },
+            TrackDemand {
+                key: 2,
+                label: TrackLabel::Stethoscope,
+                layers: vec![40_000],
+                pinned: false,
+            },
+            TrackDemand {
+                key: 3,
+                label: TrackLabel::Otoscope,
+                layers: vec![150_000, 500_000],
+                pinned: false,
+            },
+            TrackDemand {
+                key: 4,
+                label: TrackLabel::Microphone,
+                layers: vec![30_000],
+                pinned: false,
+            },
+        ]
+    }
+
+    /// Run the allocator long enough at one estimate for upgrades to pass their hold.
+    fn settle(
+        a: &mut Allocator<u8>,
+        start: Instant,
+        bps: u64,
+        d: &[TrackDemand<u8>],
+    ) -> Allocation<u8> {
+        let mut out = a.allocate(start, bps, d);
+        for i in 1..=4 {
+            out = a.allocate(start + UPGRADE_HOLD / 2 * i, bps, d);
+        }
+        out
+    }
+
+    #[test]
+    fn a_good_link_gets_every_top_layer() {
+        let mut a = Allocator::default();
+        let out = settle(&mut a, t0(), 5_000_000, &demand());
+        assert_eq!(out.layer_of(1), Some(2));
+        assert_eq!(out.layer_of(3), Some(1));
+        assert_eq!(out.layer_of(2), Some(0));
+        assert!(!out.audio_only);
+        assert_eq!(out.allocated_bps, 1_200_000 + 500_000 + 40_000 + 30_000);
+        assert_eq!(out.next_step_bps, out.allocated_bps);
+        assert_eq!(out.desired_bps, out.allocated_bps);
+    }
+
+    #[test]
+    fn at_100_kbps_audio_only_and_the_stethoscope_is_kept() {
+        let mut a = Allocator::default();
+        let out = settle(&mut a, t0(), 100_000, &demand());
+        assert_eq!(out.layer_of(2), Some(0), "stethoscope");
+        assert_eq!(out.layer_of(4), Some(0), "speech");
+        assert_eq!(out.layer_of(1), None);
+        assert_eq!(out.layer_of(3), None);
+        assert!(out.audio_only);
+        assert_eq!(out.allocated_bps, 70_000);
+        // Probing aims at the first video layer that would come back: the otoscope's.
+        assert_eq!(out.next_step_bps, 70_000 + 100_000);
+    }
+
+    #[test]
+    fn even_below_the_audio_rate_the_stethoscope_is_never_paused() {
+        let mut a = Allocator::default();
+        let out = settle(&mut a, t0(), 20_000, &demand());
+        assert_eq!(out.layer_of(2), Some(0));
+        assert_eq!(out.layer_of(4), Some(0));
+        assert!(out.audio_only);
+    }
+
+    #[test]
+    fn examination_video_goes_before_faces() {
+        let mut a = Allocator::default();
+        // Audio 70 k; usable 0.9 × 330 k = 297 k → 227 k for video: the otoscope's 150 k
+        // layer with margin (187.5 k), then the camera's 100 k would need 125 k: no room.
+        let out = settle(&mut a, t0(), 330_000, &demand());
+        assert_eq!(out.layer_of(3), Some(0));
+        assert_eq!(out.layer_of(1), None);
+        assert!(!out.audio_only);
+    }
+
+    #[test]
+    fn a_pinned_face_goes_before_the_otoscope() {
+        let mut a = Allocator::default();
+        let mut d = demand();
+        d[0].pinned = true;
+        let out = settle(&mut a, t0(), 330_000, &d);
+        assert_eq!(out.layer_of(1), Some(0), "pinned camera");
+        assert_eq!(out.layer_of(3), None);
+    }
+
+    #[test]
+    fn down_at_once_up_only_after_the_hold() {
+        let start = t0();
+        let mut a = Allocator::default();
+        let d = demand();
+        let out = settle(&mut a, start, 5_000_000, &d);
+        assert_eq!(out.layer_of(1), Some(2));
+        // The link collapses: video paused on the very next call.
+        let t = start + Duration::from_secs(10);
+        let out = a.allocate(t, 100_000, &d);
+        assert!(out.audio_only);
+        // It recovers: nothing comes back before the hold has passed.
+        let out = a.allocate(t + Duration::from_millis(100), 5_000_000, &d);
+        assert!(out.audio_only, "no upgrade before the hold");
+        let out = a.allocate(t + Duration::from_millis(100) + UPGRADE_HOLD, 5_000_000, &d);
+        assert!(!out.audio_only);
+        assert_eq!(out.layer_of(1), Some(2));
+    }
+
+    #[test]
+    fn an_estimate_wobbling_around_a_layer_does_not_flap() {
+        let start = t0();
+        let mut a = Allocator::default();
+        let d = demand();
+        // Usable 900 k − 70 k audio: otoscope top (500 k), camera lowest (100 k); the camera's
+        // 300 k layer would need 200 k more plus 75 k margin.
+        let out = settle(&mut a, start, 1_000_000, &d);
+        assert_eq!((out.layer_of(3), out.layer_of(1)), (Some(1), Some(0)));
+        // ±5 %: at the top the camera's next layer just fits, never for long enough.
+        let mut changes = 0;
+        let mut last = (out.layer_of(3), out.layer_of(1));
+        for i in 0..100u32 {
+            let bps = if i % 2 == 0 { 1_050_000 } else { 950_000 };
+            let at = start + Duration::from_secs(10) + Duration::from_millis(500) * i;
+            let out = a.allocate(at, bps, &d);
+            let now = (out.layer_of(3), out.layer_of(1));
+            if now != last {
+                changes += 1;
+                last = now;
+            }
+        }
+        assert_eq!(changes, 0);
+    }
+
+    #[test]
+    fn a_layer_the_publisher_stopped_is_skipped() {
+        let mut a = Allocator::default();
+        let mut d = demand();
+        d[0].layers = vec![0, 300_000, 0];
+        let out = settle(&mut a, t0(), 5_000_000, &d);
+        assert_eq!(out.layer_of(1), Some(1));
+    }
+
+    #[test]
+    fn tracks_that_left_are_forgotten() {
+        let mut a = Allocator::default();
+        let d = demand();
+        settle(&mut a, t0(), 5_000_000, &d);
+        let out = a.allocate(t0(), 5_000_000, &d[1..2]);
+        assert_eq!(out.decisions.len(), 1);
+        assert_eq!(a.tracks.len(), 1);
+    }
+}
