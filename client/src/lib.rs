@@ -32,7 +32,7 @@ use webrtc::peer_connection::offer_answer_options::RTCOfferOptions;
 use webrtc::peer_connection::RTCPeerConnection;
 use webrtc::track::track_remote::TrackRemote;
 
-pub use peer::LocalTrack;
+pub use peer::{LocalTrack, SyntheticVideo, VideoSent};
 
 /// How a client connects.
 #[derive(Debug, Clone, Default)]

@@ -217,6 +217,97 @@ impl LocalTrack {
     }
 }
 
+/// How a synthetic video sender behaves: like an encoder at a target rate.
+#[derive(Debug, Clone, Copy)]
+pub struct SyntheticVideo {
+    pub tag: u32,
+    pub bitrate_bps: u64,
+    pub fps: u32,
+    pub duration: Duration,
+    /// A keyframe at least this often (and whenever the SFU asks for one).
+    pub keyframe_interval: Duration,
+}
+
+/// What a synthetic video sender sent.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct VideoSent {
+    pub packets: u32,
+    pub frames: u32,
+    pub keyframes: u32,
+}
+
+/// Largest synthetic video packet payload.
+const VIDEO_PACKET_BYTES: usize = 1000;
+
+impl LocalTrack {
+    /// Send synthetic video frames in real time: each frame's bytes split into packets (the
+    /// last with the marker bit), a keyframe four times the size of an interframe, sent on
+    /// each keyframe request from the SFU and every `keyframe_interval`. Each packet is a
+    /// synthetic payload with a packet counter (see [`crate::synthetic`]).
+    pub fn send_synthetic_video(&self, v: SyntheticVideo) -> tokio::task::JoinHandle<VideoSent> {
+        let track = self.track.clone();
+        let requests = self.keyframe_requests.clone();
+        let ticks = self.clock_rate / v.fps.max(1);
+        tokio::spawn(async move {
+            let interval = Duration::from_secs(1) / v.fps.max(1);
+            let mut tick = tokio::time::interval(interval);
+            tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+            let frame_count = (v.duration.as_micros() / interval.as_micros().max(1)) as u32;
+            // Keyframes count four interframes: keep the average at the target rate.
+            let per_interval = v.keyframe_interval.as_micros() / interval.as_micros().max(1);
+            let frames_per_key = per_interval.max(1) as u64;
+            let delta_bytes = (v.bitrate_bps / 8 * frames_per_key
+                / (u64::from(v.fps.max(1)) * (frames_per_key + 3)))
+                .max(60) as usize;
+            let mut sent = VideoSent::default();
+            let (mut seq, mut counter) = (0u16, 0u32);
+            let mut last_key: Option<tokio::time::Instant> = None;
+            let mut seen_requests = requests.load(Ordering::Relaxed);
+            for frame in 0..frame_count {
+                let now = tick.tick().await;
+                let asked = requests.load(Ordering::Relaxed);
+                let key = asked != seen_requests
+                    || last_key.is_none_or(|t| now - t >= v.keyframe_interval);
+                seen_requests = asked;
+                if key {
+                    last_key = Some(now);
+                    sent.keyframes += 1;
+                }
+                let bytes = if key { delta_bytes * 4 } else { delta_bytes };
+                let packets = bytes.div_ceil(VIDEO_PACKET_BYTES);
+                for i in 0..packets {
+                    let size = bytes / packets;
+                    let payload = crate::synthetic::make_video_payload(
+                        v.tag,
+                        counter,
+                        crate::synthetic::now_us(),
+                        size,
+                        i == 0,
+                        key,
+                    );
+                    let pkt = webrtc::rtp::packet::Packet {
+                        header: webrtc::rtp::header::Header {
+                            version: 2,
+                            marker: i + 1 == packets,
+                            sequence_number: seq,
+                            timestamp: frame.wrapping_mul(ticks),
+                            ..Default::default()
+                        },
+                        payload: payload.into(),
+                    };
+                    seq = seq.wrapping_add(1);
+                    counter += 1;
+                    if track.write_rtp(&pkt).await.is_ok() {
+                        sent.packets += 1;
+                    }
+                }
+                sent.frames += 1;
+            }
+            sent
+        })
+    }
+}
+
 pub async fn add_local_track(
     pc: &Arc<RTCPeerConnection>,
     label: TrackLabel,

@@ -3,11 +3,16 @@
 //!
 //! Layout after an optional codec prefix (one VP8 payload descriptor byte for video):
 //! `magic "CSYN" | stream tag u32 | counter u32 | sent µs u64 | filler … | FNV-1a 64 of all before`.
+//!
+//! For video the magic doubles as the first byte of a VP8 frame header, whose low bit is 0 on
+//! a keyframe: "BSYN" marks a keyframe, "CSYN" an interframe, so the SFU finds the
+//! keyframes it must resume at, as with real VP8.
 
 use consult_protocol::TrackKind;
 use std::time::{SystemTime, UNIX_EPOCH};
 
 const MAGIC: &[u8; 4] = b"CSYN";
+const MAGIC_KEY: &[u8; 4] = b"BSYN";
 const HEADER: usize = 4 + 4 + 4 + 8;
 const CHECKSUM: usize = 8;
 /// VP8 payload descriptor: S=1 (start of partition), PID=0.
@@ -45,15 +50,45 @@ fn prefix_len(kind: TrackKind) -> usize {
     }
 }
 
-/// A payload of `size` bytes (at least the header and checksum) for packet `counter`.
+/// A payload of `size` bytes (at least the header and checksum) for packet `counter`. Video
+/// packets made here each start a keyframe (any one is a place to resume).
 pub fn make_payload(kind: TrackKind, tag: u32, counter: u32, sent_us: u64, size: usize) -> Vec<u8> {
-    let pre = prefix_len(kind);
+    let prefix = (kind == TrackKind::Video).then_some(VP8_DESCRIPTOR);
+    build(prefix, MAGIC_KEY, tag, counter, sent_us, size)
+}
+
+/// One packet of a synthetic video frame: only the first packet of a frame starts a VP8
+/// partition, and only a keyframe's says so in its frame header.
+pub fn make_video_payload(
+    tag: u32,
+    counter: u32,
+    sent_us: u64,
+    size: usize,
+    first_of_frame: bool,
+    keyframe: bool,
+) -> Vec<u8> {
+    let descriptor = if first_of_frame { VP8_DESCRIPTOR } else { 0 };
+    let magic = if keyframe && first_of_frame {
+        MAGIC_KEY
+    } else {
+        MAGIC
+    };
+    build(Some(descriptor), magic, tag, counter, sent_us, size)
+}
+
+fn build(
+    prefix: Option<u8>,
+    magic: &[u8; 4],
+    tag: u32,
+    counter: u32,
+    sent_us: u64,
+    size: usize,
+) -> Vec<u8> {
+    let pre = usize::from(prefix.is_some());
     let size = size.max(pre + HEADER + CHECKSUM);
     let mut p = Vec::with_capacity(size);
-    if kind == TrackKind::Video {
-        p.push(VP8_DESCRIPTOR);
-    }
-    p.extend_from_slice(MAGIC);
+    p.extend(prefix);
+    p.extend_from_slice(magic);
     p.extend_from_slice(&tag.to_be_bytes());
     p.extend_from_slice(&counter.to_be_bytes());
     p.extend_from_slice(&sent_us.to_be_bytes());
@@ -72,7 +107,7 @@ pub fn make_payload(kind: TrackKind, tag: u32, counter: u32, sent_us: u64, size:
 /// Read a synthetic payload back; `None` if it is not one or any byte was changed.
 pub fn check_payload(kind: TrackKind, payload: &[u8]) -> Option<SyntheticInfo> {
     let body = payload.get(prefix_len(kind)..)?;
-    if body.len() < HEADER + CHECKSUM || &body[..4] != MAGIC {
+    if body.len() < HEADER + CHECKSUM || (&body[..4] != MAGIC && &body[..4] != MAGIC_KEY) {
         return None;
     }
     let (data, sum) = body.split_at(body.len() - CHECKSUM);

@@ -171,6 +171,12 @@ pub enum ClientMsg {
     },
     /// Physician: stop the recording.
     StopRecording,
+    /// Physician: this track matters now — keep it ahead of others of lower clinical rank
+    /// when bandwidth is short (`pinned: false` to release it).
+    PinTrack {
+        track_id: String,
+        pinned: bool,
+    },
     Leave,
     Ping,
 }
@@ -253,6 +259,16 @@ pub enum ServerMsg {
     /// To physicians: a still image was uploaded to the consultation.
     StillAvailable {
         still: StillInfo,
+    },
+    /// The participant's downlink changed mode: `audio_only` when every video track it
+    /// receives is paused because the link cannot carry even its lowest layer (the last frame
+    /// stays on screen; audio, the stethoscope first, keeps flowing); `low_link` when the
+    /// estimate is under the rate for a usable consultation with video.
+    Bandwidth {
+        audio_only: bool,
+        low_link: bool,
+        estimate_kbps: u64,
+        paused_track_ids: Vec<String>,
     },
     Error {
         code: ErrorCode,

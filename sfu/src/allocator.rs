@@ -89,12 +89,16 @@ struct TrackState {
 #[derive(Debug)]
 pub struct Allocator<K> {
     tracks: HashMap<K, TrackState>,
+    /// The last step up: the next waits [`UPGRADE_HOLD`] more, so the estimator sees the
+    /// effect of one step (a resumed track starts with a keyframe burst) before the next.
+    last_upgrade: Option<Instant>,
 }
 
 impl<K> Default for Allocator<K> {
     fn default() -> Self {
         Allocator {
             tracks: HashMap::new(),
+            last_upgrade: None,
         }
     }
 }
@@ -166,16 +170,23 @@ impl<K: Copy + Eq + Hash> Allocator<K> {
         // Hysteresis: down (or paused) at once, up only after the room has lasted.
         let mut next_step: Option<u64> = None;
         for (i, t) in videos.iter().enumerate() {
-            let state = self.tracks.entry(t.key).or_default();
             let target = chosen[i];
+            // A track seen for the first time starts where it fits: that is no step up.
+            let new = !self.tracks.contains_key(&t.key);
+            let state = self.tracks.entry(t.key).or_default();
             let going_up = match (state.layer, target) {
                 (None, Some(_)) => true,
                 (Some(c), Some(n)) => n > c && c < t.layers.len() && t.layers[c] > 0,
                 _ => false,
             };
-            if going_up {
+            if going_up && !new {
                 let since = *state.up_since.get_or_insert(now);
-                if now.saturating_duration_since(since) < UPGRADE_HOLD {
+                let step_allowed = self
+                    .last_upgrade
+                    .is_none_or(|t| now.saturating_duration_since(t) >= UPGRADE_HOLD);
+                if step_allowed && now.saturating_duration_since(since) >= UPGRADE_HOLD {
+                    self.last_upgrade = Some(now);
+                } else {
                     // Hold the current layer (it fits: the target is above it).
                     let hold = state.layer;
                     let step = target
@@ -302,7 +313,7 @@ mod tests {
         d: &[TrackDemand<u8>],
     ) -> Allocation<u8> {
         let mut out = a.allocate(start, bps, d);
-        for i in 1..=4 {
+        for i in 1..=16 {
             out = a.allocate(start + UPGRADE_HOLD / 2 * i, bps, d);
         }
         out
@@ -379,8 +390,12 @@ mod tests {
         // It recovers: nothing comes back before the hold has passed.
         let out = a.allocate(t + Duration::from_millis(100), 5_000_000, &d);
         assert!(out.audio_only, "no upgrade before the hold");
-        let out = a.allocate(t + Duration::from_millis(100) + UPGRADE_HOLD, 5_000_000, &d);
+        let t = t + Duration::from_millis(100) + UPGRADE_HOLD;
+        let out = a.allocate(t, 5_000_000, &d);
         assert!(!out.audio_only);
+        // One step at a time: the otoscope first, the camera a hold later.
+        assert_eq!((out.layer_of(3), out.layer_of(1)), (Some(1), None));
+        let out = a.allocate(t + UPGRADE_HOLD, 5_000_000, &d);
         assert_eq!(out.layer_of(1), Some(2));
     }
 
@@ -416,6 +431,21 @@ mod tests {
         d[0].layers = vec![0, 300_000, 0];
         let out = settle(&mut a, t0(), 5_000_000, &d);
         assert_eq!(out.layer_of(1), Some(1));
+    }
+
+    #[test]
+    fn a_new_track_that_fits_starts_at_once() {
+        let mut a = Allocator::default();
+        let d = demand();
+        let out = a.allocate(t0(), 5_000_000, &d);
+        assert_eq!(out.layer_of(1), Some(2));
+        assert_eq!(out.layer_of(3), Some(1));
+        // One that does not fit waits like any step up once it would.
+        let mut a = Allocator::default();
+        let out = a.allocate(t0(), 100_000, &d);
+        assert!(out.audio_only);
+        let out = a.allocate(t0() + Duration::from_millis(10), 5_000_000, &d);
+        assert!(out.audio_only);
     }
 
     #[test]

@@ -38,6 +38,16 @@ pub enum SfuEvent {
     Disconnected(PeerTarget),
     /// One of the participant's connections restarted ICE (new credentials).
     IceRestarted(PeerTarget),
+    /// The participant's downlink entered or left audio-only mode: every video track it
+    /// receives is paused for lack of bandwidth (or some is back).
+    Bandwidth {
+        audio_only: bool,
+        /// The estimate is under [`crate::engine::LOW_LINK_BPS`].
+        low_link: bool,
+        estimate_bps: u64,
+        /// Track ids (`participant/mid`) paused now.
+        paused: Vec<String>,
+    },
 }
 
 /// A copy of one forwarded RTP packet, for a recorder.
@@ -83,6 +93,13 @@ pub enum Command {
     /// new offer with new credentials follows as [`SfuEvent::SubscriberOffer`]. The publisher
     /// connection restarts by itself when the client offers new credentials.
     IceRestart { participant: ParticipantId },
+    /// Pin (or release) a track the participant receives, by its `track_id`.
+    Pin {
+        participant: ParticipantId,
+        track_id: String,
+        pinned: bool,
+        reply: oneshot::Sender<Result<(), SfuError>>,
+    },
     /// Copy the packets of a published track (`mid` on `participant`'s publisher connection)
     /// to `sink` until it is closed or full (never blocks the forwarding path).
     Tap {
@@ -120,6 +137,10 @@ pub struct PeerReport {
     pub room: String,
     pub target: PeerTarget,
     pub link: crate::stats::LinkReport,
+    /// Subscriber connection under bandwidth allocation: the rate of what is forwarded.
+    pub allocated_bps: Option<u64>,
+    /// Subscriber connection with every video track paused for lack of bandwidth.
+    pub audio_only: bool,
 }
 
 /// Cheap, cloneable handle on a running SFU.
@@ -203,6 +224,24 @@ impl SfuHandle {
             target,
             candidate,
         });
+    }
+
+    /// Keep a track the participant receives ahead of others of lower clinical rank when its
+    /// downlink is short (or release it).
+    pub async fn pin(
+        &self,
+        participant: &str,
+        track_id: &str,
+        pinned: bool,
+    ) -> Result<(), SfuError> {
+        let (reply, rx) = oneshot::channel();
+        self.send(Command::Pin {
+            participant: participant.to_owned(),
+            track_id: track_id.to_owned(),
+            pinned,
+            reply,
+        })?;
+        rx.await.map_err(|_| SfuError::Stopped)?
     }
 
     pub fn ice_restart(&self, participant: &str) {

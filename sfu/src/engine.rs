@@ -3,15 +3,18 @@
 //! Every entry point takes `now`; datagrams to send go to a [`Transmit`] sink. The runner owns
 //! the socket and the clock; tests can drive the engine directly.
 
+use crate::allocator::{Allocator, TrackDemand};
 use crate::api::{Command, PeerReport, SfuError, SfuEvent, SfuStats, TapPacket};
 use crate::demux::{Demux, PeerKey};
+use crate::keyframe::starts_keyframe;
 use crate::peer::Peer;
 use crate::stats::MediaTotals;
-use crate::track::{map_payload_type, OutState, TrackIn, TrackOut};
+use crate::track::{map_payload_type, OutState, RateMeter, TrackIn, TrackOut};
 use consult_protocol::{ParticipantId, PeerTarget, PublishedTrack, SubscribedTrack, TrackKind};
 use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::time::{Duration, Instant};
+use str0m::bwe::{Bitrate, BweKind};
 use str0m::change::{SdpAnswer, SdpOffer, SdpPendingOffer};
 use str0m::media::{Direction, KeyframeRequestKind, MediaKind, Mid};
 use str0m::net::{Protocol, Receive};
@@ -38,6 +41,18 @@ pub const SILENCE_IS_LOSS: Duration = Duration::from_secs(4);
 /// The longest the runner sleeps without a timeout check.
 const MAX_SLEEP: Duration = Duration::from_millis(100);
 
+/// How often every subscriber's allocation is redone (besides on each new estimate).
+const ALLOCATION_INTERVAL: Duration = Duration::from_millis(250);
+
+/// Under this estimate a subscriber's link is reported low (`low_link`); it is reported fine
+/// again above [`LINK_OK_BPS`].
+pub const LOW_LINK_BPS: u64 = 250_000;
+pub const LINK_OK_BPS: u64 = 300_000;
+
+/// Bytes a packet costs on the wire beyond its RTP payload that the estimate also counts:
+/// RTP header and extensions, SRTP tag.
+const PACKET_OVERHEAD: usize = 30;
+
 struct Participant {
     id: ParticipantId,
     room: String,
@@ -49,6 +64,18 @@ struct Participant {
     pending_offer: Option<SdpPendingOffer>,
     /// The client asked for an ICE restart of the subscriber connection: in the next offer.
     ice_restart_wanted: bool,
+    /// Splits the subscriber connection's estimate across the tracks it receives.
+    allocator: Allocator<(u64, Mid)>,
+    /// Latest estimate of the subscriber connection's downlink: TWCC, else REMB.
+    estimate_bps: Option<u64>,
+    remb_bps: Option<u64>,
+    allocated_bps: u64,
+    audio_only: bool,
+    low_link: bool,
+    /// (minimum, desired) last given to str0m's estimator.
+    bwe_targets: (u64, u64),
+    /// Tracks the participant pinned: served before others of lower clinical rank.
+    pinned: Vec<(u64, Mid)>,
 }
 
 impl Participant {
@@ -81,6 +108,7 @@ pub struct Engine {
     events: Vec<(PeerKey, Event)>,
     fanout: Vec<u64>,
     keyframes_due: Vec<(u64, Mid)>,
+    next_allocation: Option<Instant>,
 }
 
 impl Engine {
@@ -99,6 +127,7 @@ impl Engine {
             events: Vec::new(),
             fanout: Vec::new(),
             keyframes_due: Vec::new(),
+            next_allocation: None,
         }
     }
 
@@ -111,11 +140,15 @@ impl Engine {
                 (PeerTarget::Subscriber, &p.subscriber),
             ] {
                 media.add_peer(&peer.counters);
+                let subscriber = target == PeerTarget::Subscriber;
                 peers.push(PeerReport {
                     participant: p.id.clone(),
                     room: p.room.clone(),
                     target,
                     link: peer.counters.link,
+                    allocated_bps: (subscriber && p.estimate_bps.is_some())
+                        .then_some(p.allocated_bps),
+                    audio_only: subscriber && p.audio_only,
                 });
             }
         }
@@ -222,6 +255,13 @@ impl Engine {
             self.request_keyframe(now, key, mid, KeyframeRequestKind::Pli);
         }
         self.keyframes_due = due;
+        if self.next_allocation.is_none_or(|t| t <= now) {
+            self.next_allocation = Some(now + ALLOCATION_INTERVAL);
+            let keys: Vec<u64> = self.participants.keys().copied().collect();
+            for key in keys {
+                self.allocate(now, key);
+            }
+        }
         self.drain(now, tx);
     }
 
@@ -281,6 +321,35 @@ impl Engine {
                     self.negotiate_subscriber(key);
                 }
             }
+            Command::Pin {
+                participant,
+                track_id,
+                pinned,
+                reply,
+            } => {
+                let key = self.key(&participant);
+                let p = key.and_then(|k| self.participants.get_mut(&k));
+                let source = p.as_ref().and_then(|p| {
+                    p.outs
+                        .iter()
+                        .find(|o| o.track_id() == track_id)
+                        .map(|o| o.source)
+                });
+                let _ = reply.send(match (p, source) {
+                    (Some(p), Some(src)) => {
+                        p.pinned.retain(|s| *s != src);
+                        if pinned {
+                            p.pinned.push(src);
+                        }
+                        info!(participant, track_id, pinned, "pin");
+                        Ok(())
+                    }
+                    _ => Err(SfuError::BadTrack(format!("no received track {track_id}"))),
+                });
+                if let Some(key) = key {
+                    self.allocate(now, key);
+                }
+            }
             Command::Tap {
                 participant,
                 mid,
@@ -321,8 +390,8 @@ impl Engine {
         if self.ids.contains_key(&id) {
             return Err(SfuError::AlreadyJoined);
         }
-        let publisher = Peer::new(now, self.candidate_addr).map_err(SfuError::BadSdp)?;
-        let subscriber = Peer::new(now, self.candidate_addr).map_err(SfuError::BadSdp)?;
+        let publisher = Peer::new(now, self.candidate_addr, false).map_err(SfuError::BadSdp)?;
+        let subscriber = Peer::new(now, self.candidate_addr, true).map_err(SfuError::BadSdp)?;
         let key = self.next_key;
         self.next_key += 1;
         self.demux
@@ -356,6 +425,14 @@ impl Engine {
                 outs,
                 pending_offer: None,
                 ice_restart_wanted: false,
+                allocator: Allocator::default(),
+                estimate_bps: None,
+                remb_bps: None,
+                allocated_bps: 0,
+                audio_only: false,
+                low_link: false,
+                bwe_targets: (0, 0),
+                pinned: Vec::new(),
             },
         );
         self.negotiate_subscriber(key);
@@ -364,7 +441,7 @@ impl Engine {
 
     fn publish_offer(
         &mut self,
-        _now: Instant,
+        now: Instant,
         id: &str,
         sdp: &str,
         declared: Vec<PublishedTrack>,
@@ -447,6 +524,7 @@ impl Engine {
                 taps: Vec::new(),
                 last_keyframe_request: None,
                 keyframe_pending: false,
+                rate: RateMeter::new(now),
             });
             for other in &others {
                 if let Some(o) = self.participants.get_mut(other) {
@@ -657,6 +735,98 @@ impl Engine {
         }
     }
 
+    /// Split a subscriber's estimate across what it receives and apply the result: pause or
+    /// resume tracks (a resumed video track waits for a keyframe, asked for at once), tell
+    /// the client when it enters or leaves audio-only mode, and aim the estimator's probing
+    /// at the next step up.
+    fn allocate(&mut self, now: Instant, key: u64) {
+        let Some(p) = self.participants.get(&key) else {
+            return;
+        };
+        let Some(estimate) = p.estimate_bps else {
+            return;
+        };
+        let demands: Vec<TrackDemand<(u64, Mid)>> = p
+            .outs
+            .iter()
+            .filter(|o| o.state == OutState::Open)
+            .map(|o| {
+                let rate = self
+                    .participants
+                    .get(&o.source.0)
+                    .and_then(|s| s.tracks.iter().find(|t| t.mid == o.source.1))
+                    .map_or(Some(0), |t| t.rate.settled_bps(now));
+                TrackDemand {
+                    key: o.source,
+                    label: o.label,
+                    // A track not measured yet is let through; its rate counts once known.
+                    layers: vec![rate.unwrap_or(1).max(1)],
+                    pinned: p.pinned.contains(&o.source),
+                }
+            })
+            .collect();
+        let Some(p) = self.participants.get_mut(&key) else {
+            return;
+        };
+        let allocation = p.allocator.allocate(now, estimate, &demands);
+        debug!(participant = %p.id, estimate, ?demands, ?allocation, "allocation");
+        let mut resumed = Vec::new();
+        for d in &allocation.decisions {
+            let forward = d.layer.is_some();
+            for o in p.outs.iter_mut().filter(|o| o.source == d.key) {
+                if forward && !o.forwarding && o.kind == TrackKind::Video {
+                    o.awaiting_keyframe = true;
+                    resumed.push(o.source);
+                }
+                o.forwarding = forward;
+            }
+        }
+        p.allocated_bps = allocation.allocated_bps;
+        let low_link = if p.low_link {
+            estimate < LINK_OK_BPS
+        } else {
+            estimate < LOW_LINK_BPS
+        };
+        if allocation.audio_only != p.audio_only || low_link != p.low_link {
+            p.audio_only = allocation.audio_only;
+            p.low_link = low_link;
+            info!(participant = %p.id, estimate, audio_only = p.audio_only, low_link, "allocation mode");
+            let paused = p
+                .outs
+                .iter()
+                .filter(|o| !o.forwarding)
+                .map(|o| o.track_id())
+                .collect();
+            p.notify(SfuEvent::Bandwidth {
+                audio_only: p.audio_only,
+                low_link,
+                estimate_bps: estimate,
+                paused,
+            });
+        }
+        // Padding toward the next step lets the estimate grow past what is forwarded (str0m
+        // caps it at the estimate), but on a thin link it would queue ahead of the audio:
+        // there, only str0m's own probe clusters look for a recovered link.
+        let minimum = if p.low_link {
+            allocation.allocated_bps
+        } else {
+            allocation.next_step_bps
+        };
+        let targets = (minimum, allocation.desired_bps);
+        let differs = |a: u64, b: u64| a.abs_diff(b) * 10 > b.max(1);
+        if differs(targets.0, p.bwe_targets.0) || differs(targets.1, p.bwe_targets.1) {
+            p.bwe_targets = targets;
+            p.subscriber.rtc.bwe().set_bitrate(
+                Bitrate::bps(targets.0.min(targets.1)),
+                Bitrate::bps(targets.1),
+            );
+            self.dirty.push((key, PeerTarget::Subscriber));
+        }
+        for (src, mid) in resumed {
+            self.request_keyframe(now, src, mid, KeyframeRequestKind::Pli);
+        }
+    }
+
     /// Ask a publisher for a keyframe on one of its video tracks, at most every 500 ms.
     fn request_keyframe(&mut self, now: Instant, key: u64, mid: Mid, kind: KeyframeRequestKind) {
         let Some(p) = self.participants.get_mut(&key) else {
@@ -737,7 +907,9 @@ impl Engine {
 
     fn handle_event(&mut self, now: Instant, key: PeerKey, event: Event) {
         match event {
-            Event::RtpPacket(pkt) if key.1 == PeerTarget::Publisher => self.forward(key.0, pkt),
+            Event::RtpPacket(pkt) if key.1 == PeerTarget::Publisher => {
+                self.forward(now, key.0, pkt)
+            }
             Event::KeyframeRequest(req) if key.1 == PeerTarget::Subscriber => {
                 let source = self
                     .participants
@@ -747,6 +919,23 @@ impl Engine {
                 if let Some((src, mid)) = source {
                     self.request_keyframe(now, src, mid, req.kind);
                 }
+            }
+            Event::EgressBitrateEstimate(bwe) if key.1 == PeerTarget::Subscriber => {
+                let Some(p) = self.participants.get_mut(&key.0) else {
+                    return;
+                };
+                match bwe {
+                    BweKind::Twcc { estimate, .. } => p.estimate_bps = Some(estimate.as_u64()),
+                    // REMB only when the client gives no TWCC feedback.
+                    BweKind::Remb { estimate, .. } => {
+                        p.remb_bps = Some(estimate.as_u64());
+                        if p.estimate_bps.is_none() || p.remb_bps == p.estimate_bps {
+                            p.estimate_bps = p.remb_bps;
+                        }
+                    }
+                    _ => {}
+                }
+                self.allocate(now, key.0);
             }
             Event::MediaIngressStats(s) => {
                 if let Some(p) = self.participants.get_mut(&key.0) {
@@ -798,7 +987,7 @@ impl Engine {
     }
 
     /// The hot path: one RTP packet from a publisher to every subscriber of its track.
-    fn forward(&mut self, key: u64, pkt: RtpPacket) {
+    fn forward(&mut self, now: Instant, key: u64, pkt: RtpPacket) {
         self.stats.rtp_in += 1;
         let Some(p) = self.participants.get_mut(&key) else {
             return;
@@ -815,6 +1004,7 @@ impl Engine {
         let Some(track) = p.tracks.iter_mut().find(|t| t.mid == mid) else {
             return;
         };
+        track.rate.add(now, pkt.payload.len() + PACKET_OVERHEAD);
         if !track.taps.is_empty() {
             // A full recorder loses this packet (it fills the gap); a closed one is dropped.
             let copy = TapPacket {
@@ -855,6 +1045,18 @@ impl Engine {
                 continue;
             };
             let Some(out_mid) = out.mid else { continue };
+            if !out.forwarding {
+                continue;
+            }
+            if out.awaiting_keyframe {
+                let codec = in_spec.map(|c| c.spec().codec);
+                if !codec.is_some_and(|c| starts_keyframe(c, &pkt.payload)) {
+                    continue;
+                }
+                // Resume without a sequence gap the subscriber would NACK.
+                out.awaiting_keyframe = false;
+                out.seq.resume(pkt.seq_no);
+            }
             let out_pt = match out.pt_map.iter().find(|(i, _)| *i == in_pt) {
                 Some((_, o)) => *o,
                 None => {

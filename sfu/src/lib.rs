@@ -14,6 +14,7 @@ pub mod allocator;
 pub mod api;
 mod demux;
 pub mod engine;
+mod keyframe;
 mod peer;
 pub mod runner;
 pub mod stats;

@@ -2,12 +2,17 @@
 
 use std::net::SocketAddr;
 use std::time::Instant;
+use str0m::bwe::Bitrate;
 use str0m::format::CodecConfig;
 use str0m::{Candidate, Rtc};
 
 /// Packets kept per outgoing video stream to answer NACKs (~3 s of 720p at 30 fps).
 const SEND_BUFFER_VIDEO: usize = 1000;
 const SEND_BUFFER_AUDIO: usize = 100;
+
+/// Estimate a subscriber connection starts from, before TWCC feedback says more: enough for
+/// all the audio and a low video layer, not so much that a weak link is flooded at first.
+const INITIAL_ESTIMATE_KBPS: u64 = 500;
 
 pub struct Peer {
     pub rtc: Rtc,
@@ -27,7 +32,8 @@ pub struct Peer {
 
 impl Peer {
     /// A peer advertising `candidate_addr` (the SFU's one UDP address) as its only candidate.
-    pub fn new(now: Instant, candidate_addr: SocketAddr) -> Result<Peer, String> {
+    /// With `estimate`, str0m's send-side estimator (TWCC feedback) and pacer run on it.
+    pub fn new(now: Instant, candidate_addr: SocketAddr, estimate: bool) -> Result<Peer, String> {
         let mut config = Rtc::builder()
             .set_ice_lite(true)
             .set_rtp_mode(true)
@@ -35,6 +41,9 @@ impl Peer {
             .set_send_buffer_audio(SEND_BUFFER_AUDIO)
             // Cumulative counters once a second, for metrics (`stats.rs`).
             .set_stats_interval(Some(std::time::Duration::from_secs(1)));
+        if estimate {
+            config = config.enable_bwe(Some(Bitrate::kbps(INITIAL_ESTIMATE_KBPS)));
+        }
         // Only codecs every peer can forward to every other: Opus, VP8, H.264.
         *config.codec_config() = forwardable_codecs();
         let mut rtc = config.build(now);

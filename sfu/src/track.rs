@@ -23,6 +23,8 @@ pub struct TrackIn {
     pub last_keyframe_request: Option<Instant>,
     /// A keyframe was asked for while rate-limited; send it when the interval has passed.
     pub keyframe_pending: bool,
+    /// What the publisher sends on it, for the allocator.
+    pub rate: RateMeter,
 }
 
 impl TrackIn {
@@ -69,6 +71,10 @@ pub struct TrackOut {
     pub seq: SeqRebase,
     /// Publisher payload type → subscriber payload type, learnt on first use.
     pub pt_map: Vec<(Pt, Pt)>,
+    /// The allocator lets it through (false: paused for lack of bandwidth).
+    pub forwarding: bool,
+    /// Resumed after a pause: nothing goes out before the start of a keyframe.
+    pub awaiting_keyframe: bool,
 }
 
 impl TrackOut {
@@ -82,6 +88,8 @@ impl TrackOut {
             state: OutState::ToOpen,
             seq: SeqRebase::default(),
             pt_map: Vec::new(),
+            forwarding: true,
+            awaiting_keyframe: false,
         }
     }
 
@@ -95,9 +103,14 @@ impl TrackOut {
 /// str0m takes the upper bits of the number we write as the SRTP rollover counter, so passing
 /// the publisher's numbers through would break a subscriber who joins after 65,536 packets.
 /// Gaps are kept, so loss upstream shows as loss downstream.
+///
+/// Packets the SFU drops on purpose (a paused track) must not look like loss, or the
+/// subscriber NACKs them: [`SeqRebase::resume`] closes that gap.
 #[derive(Debug, Default, Clone, Copy)]
 pub struct SeqRebase {
     offset: Option<u64>,
+    /// Highest number handed out.
+    last: u64,
 }
 
 impl SeqRebase {
@@ -106,7 +119,75 @@ impl SeqRebase {
     pub fn map(&mut self, seq: SeqNo) -> Option<SeqNo> {
         let seq = *seq;
         let offset = *self.offset.get_or_insert(seq.saturating_sub(1));
-        seq.checked_sub(offset).filter(|s| *s > 0).map(SeqNo::from)
+        let out = seq.checked_sub(offset).filter(|s| *s > 0)?;
+        self.last = self.last.max(out);
+        Some(SeqNo::from(out))
+    }
+
+    /// Continue right after the last number handed out with the publisher's `seq`, skipping
+    /// what was dropped in between.
+    pub fn resume(&mut self, seq: SeqNo) {
+        if self.offset.is_some() {
+            self.offset = Some((*seq).saturating_sub(self.last + 1));
+        }
+    }
+}
+
+/// Bits per second over the last one to two half-second windows.
+#[derive(Debug, Clone, Copy)]
+pub struct RateMeter {
+    started: Instant,
+    window_start: Instant,
+    current: u64,
+    previous: u64,
+}
+
+const RATE_WINDOW: Duration = Duration::from_millis(500);
+
+impl RateMeter {
+    pub fn new(now: Instant) -> RateMeter {
+        RateMeter {
+            started: now,
+            window_start: now,
+            current: 0,
+            previous: 0,
+        }
+    }
+
+    fn roll(&mut self, now: Instant) {
+        let elapsed = now.saturating_duration_since(self.window_start);
+        if elapsed >= RATE_WINDOW * 2 {
+            self.previous = 0;
+            self.current = 0;
+            self.window_start = now;
+        } else if elapsed >= RATE_WINDOW {
+            self.previous = self.current;
+            self.current = 0;
+            self.window_start += RATE_WINDOW;
+        }
+    }
+
+    pub fn add(&mut self, now: Instant, bytes: usize) {
+        self.roll(now);
+        self.current += bytes as u64;
+    }
+
+    /// The rate, in bits/s, once at least one whole window has been measured.
+    pub fn settled_bps(&self, now: Instant) -> Option<u64> {
+        (now.saturating_duration_since(self.started) >= RATE_WINDOW).then(|| self.bps(now))
+    }
+
+    /// The rate, in bits/s.
+    pub fn bps(&self, now: Instant) -> u64 {
+        let elapsed = now.saturating_duration_since(self.window_start);
+        let (bytes, span) = if elapsed >= RATE_WINDOW * 2 {
+            return 0;
+        } else if elapsed >= RATE_WINDOW {
+            (self.current, elapsed)
+        } else {
+            (self.previous + self.current, RATE_WINDOW + elapsed)
+        };
+        (bytes * 8 * 1000) / (span.as_millis().max(1) as u64)
     }
 }
 
@@ -153,6 +234,24 @@ mod tests {
         // late packet from before the subscriber's first one
         assert_eq!(r.map(SeqNo::from(base - 3)), None);
         assert_eq!(r.map(SeqNo::from(base + 3)).map(|s| *s), Some(4));
+        // Paused from base + 6 to base + 99: the next one sent follows without a gap.
+        r.resume(SeqNo::from(base + 100));
+        assert_eq!(r.map(SeqNo::from(base + 100)).map(|s| *s), Some(7));
+        assert_eq!(r.map(SeqNo::from(base + 101)).map(|s| *s), Some(8));
+    }
+
+    #[test]
+    fn rate_meter_over_two_windows() {
+        let t = Instant::now();
+        let mut m = RateMeter::new(t);
+        // 100 packets of 125 bytes over one second: 100 kbit/s.
+        for i in 0..100u64 {
+            m.add(t + Duration::from_millis(i * 10), 125);
+        }
+        let r = m.bps(t + Duration::from_millis(1000));
+        assert!((95_000..=105_000).contains(&r), "{r}");
+        // Silence empties it.
+        assert_eq!(m.bps(t + Duration::from_secs(3)), 0);
     }
 
     #[test]
@@ -166,6 +265,7 @@ mod tests {
             taps: vec![],
             last_keyframe_request: None,
             keyframe_pending: false,
+            rate: RateMeter::new(now),
         };
         assert!(t.take_keyframe_slot(now));
         assert!(!t.take_keyframe_slot(now + Duration::from_millis(100)));

@@ -97,6 +97,17 @@ impl Hub {
         admitted
     }
 
+    pub fn is_admitted_physician(&self, room: &str, id: &str) -> bool {
+        let Some(r) = self.rooms.get(room).map(|r| r.clone()) else {
+            return false;
+        };
+        let physician = r
+            .lock()
+            .map(|r| r.is_admitted_physician(id))
+            .unwrap_or(false);
+        physician
+    }
+
     /// Run one input through the room and carry out its effects, in order, under the room's
     /// lock (every effect is non-blocking), so each room's messages keep their order.
     pub fn input(&self, room: &str, input: Input) -> Result<(), Refusal> {

@@ -13,12 +13,41 @@ use std::time::Instant;
 pub const MEDIA_LOST: &str = "media_lost";
 pub const MEDIA_RESTORED: &str = "media_restored";
 pub const ICE_RESTART: &str = "ice_restart";
+/// Every video track the participant receives paused for lack of bandwidth (`phase`
+/// `start`/`end`).
+pub const AUDIO_ONLY: &str = "audio_only";
+/// The participant's downlink estimate under the rate for video (`phase` `start`/`end`).
+pub const LOW_ESTIMATE: &str = "low_estimate";
 
 /// One session's media connectivity, turned into incidents.
 #[derive(Debug, Default)]
 pub struct MediaIncidents {
     lost_publisher: Option<Instant>,
     lost_subscriber: Option<Instant>,
+    audio_only_since: Option<Instant>,
+    low_since: Option<Instant>,
+}
+
+/// Start or end of a period (audio-only, low estimate): `None` when nothing changed.
+fn period(
+    slot: &mut Option<Instant>,
+    on: bool,
+    now: Instant,
+    kind: &str,
+    kbps: u64,
+) -> Option<Value> {
+    match (slot.is_some(), on) {
+        (false, true) => {
+            *slot = Some(now);
+            Some(json!({"kind": kind, "phase": "start", "estimate_kbps": kbps}))
+        }
+        (true, false) => {
+            let since = slot.take()?;
+            let ms = now.saturating_duration_since(since).as_millis() as u64;
+            Some(json!({"kind": kind, "phase": "end", "estimate_kbps": kbps, "duration_ms": ms}))
+        }
+        _ => None,
+    }
 }
 
 fn connection(target: PeerTarget) -> &'static str {
@@ -34,6 +63,30 @@ pub fn ice_restart(target: PeerTarget) -> Value {
 }
 
 impl MediaIncidents {
+    /// The downlink's mode changed: the incidents it starts or ends.
+    pub fn bandwidth(
+        &mut self,
+        now: Instant,
+        audio_only: bool,
+        low: bool,
+        estimate_bps: u64,
+    ) -> Vec<Value> {
+        let kbps = estimate_bps / 1000;
+        [
+            period(&mut self.low_since, low, now, LOW_ESTIMATE, kbps),
+            period(
+                &mut self.audio_only_since,
+                audio_only,
+                now,
+                AUDIO_ONLY,
+                kbps,
+            ),
+        ]
+        .into_iter()
+        .flatten()
+        .collect()
+    }
+
     fn slot(&mut self, target: PeerTarget) -> &mut Option<Instant> {
         match target {
             PeerTarget::Publisher => &mut self.lost_publisher,
@@ -63,6 +116,24 @@ impl MediaIncidents {
 mod tests {
     use super::*;
     use std::time::Duration;
+
+    #[test]
+    fn audio_only_and_low_estimate_periods() {
+        let t0 = Instant::now();
+        let mut m = MediaIncidents::default();
+        let start = m.bandwidth(t0, true, true, 90_000);
+        assert_eq!(start.len(), 2);
+        assert_eq!(start[0]["kind"], LOW_ESTIMATE);
+        assert_eq!(start[1]["kind"], AUDIO_ONLY);
+        assert_eq!(start[1]["phase"], "start");
+        assert_eq!(start[1]["estimate_kbps"], 90);
+        assert!(m.bandwidth(t0, true, true, 80_000).is_empty());
+        let end = m.bandwidth(t0 + Duration::from_secs(7), false, true, 200_000);
+        assert_eq!(end.len(), 1);
+        assert_eq!(end[0]["kind"], AUDIO_ONLY);
+        assert_eq!(end[0]["phase"], "end");
+        assert_eq!(end[0]["duration_ms"], 7000);
+    }
 
     #[test]
     fn a_loss_then_its_restoration_with_its_duration() {

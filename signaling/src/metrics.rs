@@ -23,6 +23,8 @@ pub struct Metrics {
     sfu_participants: IntGauge,
     counters: Vec<(IntCounter, ReadCounter)>,
     estimate: prometheus::GaugeVec,
+    allocated: prometheus::GaugeVec,
+    audio_only: prometheus::GaugeVec,
     rtt: prometheus::GaugeVec,
     loss: prometheus::GaugeVec,
     /// One scrape at a time: counters advance by differences.
@@ -140,6 +142,16 @@ impl Metrics {
                 "Bandwidth estimate toward the client, bits per second",
                 &[],
             ),
+            allocated: per_peer(
+                "consult_peer_allocated_bps",
+                "What the allocator forwards toward the client, bits per second",
+                &[],
+            ),
+            audio_only: per_peer(
+                "consult_peer_audio_only",
+                "1 when every video track toward the client is paused for lack of bandwidth",
+                &[],
+            ),
             rtt: per_peer("consult_peer_rtt_ms", "Round-trip time, milliseconds", &[]),
             loss: per_peer(
                 "consult_peer_loss_fraction",
@@ -180,6 +192,8 @@ impl Metrics {
             }
         }
         self.estimate.reset();
+        self.allocated.reset();
+        self.audio_only.reset();
         self.rtt.reset();
         self.loss.reset();
         for p in &sfu.peers {
@@ -190,6 +204,11 @@ impl Metrics {
             let labels = [p.room.as_str(), p.participant.as_str(), conn];
             if let Some(e) = p.link.estimate_bps {
                 self.estimate.with_label_values(&labels).set(e as f64);
+            }
+            if let Some(a) = p.allocated_bps {
+                self.allocated.with_label_values(&labels).set(a as f64);
+                let on = if p.audio_only { 1.0 } else { 0.0 };
+                self.audio_only.with_label_values(&labels).set(on);
             }
             if let Some(r) = p.link.rtt_ms {
                 self.rtt.with_label_values(&labels).set(f64::from(r));

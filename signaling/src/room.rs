@@ -224,6 +224,12 @@ impl Room {
         self.member(id).is_some()
     }
 
+    /// An admitted participant with the physician's grants (admit, steer devices, pin).
+    pub fn is_admitted_physician(&self, id: &str) -> bool {
+        self.member(id)
+            .is_some_and(|m| m.admitted() && m.role.grants().admit)
+    }
+
     /// Admitted participants who may admit (the physicians present).
     pub fn admitted_with_admit_grant(&self) -> Vec<ParticipantId> {
         self.members

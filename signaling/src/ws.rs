@@ -296,6 +296,21 @@ pub async fn run_session(state: Arc<AppState>, socket: WebSocket) {
                         state.audit.record(&room, Some(&claims.sub), "incident", None, detail);
                     }
                 }
+                SfuEvent::Bandwidth { audio_only, low_link, estimate_bps, paused } => {
+                    let now = std::time::Instant::now();
+                    for detail in media.bandwidth(now, audio_only, low_link, estimate_bps) {
+                        state.audit.record(&room, Some(&claims.sub), "incident", None, detail);
+                    }
+                    let msg = ServerMsg::Bandwidth {
+                        audio_only,
+                        low_link,
+                        estimate_kbps: estimate_bps / 1000,
+                        paused_track_ids: paused,
+                    };
+                    if !send(&mut sink, &msg).await {
+                        break;
+                    }
+                }
                 SfuEvent::IceRestarted(target) => {
                     let detail = crate::incidents::ice_restart(target);
                     state.audit.record(&room, Some(&claims.sub), "incident", None, detail);
@@ -375,6 +390,18 @@ async fn handle_msg(
         ClientMsg::IceRestart => {
             require_admitted()?;
             hub.sfu().ice_restart(id);
+        }
+        ClientMsg::PinTrack { track_id, pinned } => {
+            if !hub.is_admitted_physician(room, id) {
+                return Err(Rejected::new(
+                    ErrorCode::Forbidden,
+                    "only an admitted physician pins tracks",
+                ));
+            }
+            hub.sfu()
+                .pin(id, &track_id, pinned)
+                .await
+                .map_err(|e| Rejected::new(ErrorCode::BadRequest, e.to_string()))?;
         }
         ClientMsg::Mute { mid, muted } => hub.input(
             room,
