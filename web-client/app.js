@@ -174,7 +174,17 @@ function addRemoteTile({ info, track }) {
       const photo = document.createElement("button");
       photo.textContent = t("take_still");
       photo.onclick = () => takeFrameStill(v, info.label);
-      actions.append(big, photo);
+      // Pin: when the link is short, this video keeps its place ahead of others.
+      const pin = document.createElement("button");
+      pin.textContent = t("pin");
+      pin.dataset.pin = info.track_id;
+      pin.onclick = () => {
+        const pinned = tile.dataset.pinned !== "true";
+        state.client.pinTrack(info.track_id, pinned);
+        tile.dataset.pinned = String(pinned);
+        pin.textContent = t(pinned ? "unpin" : "pin");
+      };
+      actions.append(big, photo, pin);
       if (info.label === "otoscope" || info.label === "camera") {
         // Far-end control of the cart's device.
         const steer = (key, command) => {
@@ -380,6 +390,22 @@ async function takeFrameStill(video, label) {
   await state.client.queueStill(blob, { label, device: null, takenAt: Date.now() });
 }
 
+// ---------- bandwidth ----------
+
+/** The link toward us is short: say so, and mark the video tiles the server paused. */
+function renderBandwidth(msg) {
+  const banner = $("bandwidth-banner");
+  const mode = msg.audio_only ? "audio-only" : msg.low_link ? "low" : "ok";
+  document.body.dataset.bandwidth = mode;
+  banner.hidden = mode === "ok";
+  $("bandwidth-text").textContent =
+    mode === "audio-only" ? t("bandwidth_audio_only") : mode === "low" ? t("bandwidth_low") : "";
+  const paused = new Set(msg.paused_track_ids);
+  for (const { tile, info } of state.remote.values()) {
+    tile.classList.toggle("paused", info.kind === "video" && paused.has(info.track_id));
+  }
+}
+
 // ---------- recording consent ----------
 
 function renderRecording(msg) {
@@ -524,6 +550,7 @@ async function join() {
   });
   c.addEventListener("still", (e) => addToGallery(e.detail.still));
   c.addEventListener("recording", (e) => renderRecording(e.detail));
+  c.addEventListener("bandwidth", (e) => renderBandwidth(e.detail));
   setupRecordingBanner();
   c.addEventListener("device", (e) => onDeviceControl(e.detail).catch((err) => problem(String(err))));
   c.addEventListener("upload", (e) => {

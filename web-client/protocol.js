@@ -198,6 +198,10 @@ export class ConsultClient extends EventTarget {
         this.recording = msg;
         this.emit("recording", msg);
         break;
+      case "bandwidth":
+        this.bandwidth = msg;
+        this.emit("bandwidth", msg);
+        break;
       case "error":
         if (this.pendingPublish && (msg.code === "bad_sdp" || msg.code === "not_admitted")) {
           this.pendingPublish.reject(new Error(msg.message));
@@ -291,6 +295,8 @@ export class ConsultClient extends EventTarget {
   /** Consent to a recording, or refuse / withdraw it (accept = false). */
   recordingConsent(recordingId, accept) { this.send({ type: "recording_consent", recording_id: recordingId, accept }); }
   stopRecording() { this.send({ type: "stop_recording" }); }
+  /** Physician: keep this track ahead of others when bandwidth is short. */
+  pinTrack(trackId, pinned) { this.send({ type: "pin_track", track_id: trackId, pinned }); }
 
   admit(id) { this.send({ type: "admit", participant_id: id }); }
   refuse(id, reason) { this.send({ type: "refuse", participant_id: id, reason: reason || null }); }

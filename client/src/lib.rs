@@ -435,6 +435,7 @@ async fn dispatch(
                 }
             }
             ServerMsg::SubscriberOffer { sdp, tracks } => {
+                tracing::debug!("subscriber offer:\n{sdp}");
                 {
                     let mut map = inner.subscribed.lock().expect("lock");
                     for t in tracks {

@@ -5,6 +5,7 @@
 
 use crate::allocator::{Allocator, TrackDemand};
 use crate::api::{Command, PeerReport, SfuError, SfuEvent, SfuStats, TapPacket};
+use crate::congestion::CongestionGate;
 use crate::demux::{Demux, PeerKey};
 use crate::keyframe::starts_keyframe;
 use crate::peer::Peer;
@@ -66,6 +67,8 @@ struct Participant {
     ice_restart_wanted: bool,
     /// Splits the subscriber connection's estimate across the tracks it receives.
     allocator: Allocator<(u64, Mid)>,
+    /// Whether the estimate may take tracks down (queueing seen), and media probing.
+    gate: CongestionGate,
     /// Latest estimate of the subscriber connection's downlink: TWCC, else REMB.
     estimate_bps: Option<u64>,
     remb_bps: Option<u64>,
@@ -109,11 +112,13 @@ pub struct Engine {
     fanout: Vec<u64>,
     keyframes_due: Vec<(u64, Mid)>,
     next_allocation: Option<Instant>,
+    /// Subscriber connections run str0m's estimator, and the allocator acts on it.
+    downlink_estimation: bool,
 }
 
 impl Engine {
     /// An engine whose peers all advertise `candidate_addr` (the one UDP port).
-    pub fn new(candidate_addr: SocketAddr) -> Engine {
+    pub fn new(candidate_addr: SocketAddr, downlink_estimation: bool) -> Engine {
         Engine {
             candidate_addr,
             participants: HashMap::new(),
@@ -128,6 +133,7 @@ impl Engine {
             fanout: Vec::new(),
             keyframes_due: Vec::new(),
             next_allocation: None,
+            downlink_estimation,
         }
     }
 
@@ -391,7 +397,8 @@ impl Engine {
             return Err(SfuError::AlreadyJoined);
         }
         let publisher = Peer::new(now, self.candidate_addr, false).map_err(SfuError::BadSdp)?;
-        let subscriber = Peer::new(now, self.candidate_addr, true).map_err(SfuError::BadSdp)?;
+        let subscriber = Peer::new(now, self.candidate_addr, self.downlink_estimation)
+            .map_err(SfuError::BadSdp)?;
         let key = self.next_key;
         self.next_key += 1;
         self.demux
@@ -426,6 +433,7 @@ impl Engine {
                 pending_offer: None,
                 ice_restart_wanted: false,
                 allocator: Allocator::default(),
+                gate: CongestionGate::default(),
                 estimate_bps: None,
                 remb_bps: None,
                 allocated_bps: 0,
@@ -768,8 +776,28 @@ impl Engine {
         let Some(p) = self.participants.get_mut(&key) else {
             return;
         };
+        // str0m's estimate counts where the link shows queueing (see `congestion`).
+        let wanted: u64 = demands
+            .iter()
+            .map(|d| d.layers.iter().max().copied().unwrap_or(0))
+            .sum();
+        // What flows now, at today's rates.
+        let flowing: u64 = demands
+            .iter()
+            .filter(|d| p.outs.iter().any(|o| o.source == d.key && o.forwarding))
+            .map(|d| d.layers.first().copied().unwrap_or(0))
+            .sum();
+        let raw_estimate = estimate;
+        let estimate = p.gate.effective_estimate(
+            now,
+            estimate,
+            p.subscriber.counters.link.rtt_ms,
+            flowing,
+            wanted,
+        );
         let allocation = p.allocator.allocate(now, estimate, &demands);
-        debug!(participant = %p.id, estimate, ?demands, ?allocation, "allocation");
+        let rtt = p.subscriber.counters.link.rtt_ms;
+        debug!(participant = %p.id, raw_estimate, flowing, estimate, ?rtt, ?demands, ?allocation, "allocation");
         let mut resumed = Vec::new();
         for d in &allocation.decisions {
             let forward = d.layer.is_some();
@@ -804,15 +832,10 @@ impl Engine {
                 paused,
             });
         }
-        // Padding toward the next step lets the estimate grow past what is forwarded (str0m
-        // caps it at the estimate), but on a thin link it would queue ahead of the audio:
-        // there, only str0m's own probe clusters look for a recovered link.
-        let minimum = if p.low_link {
-            allocation.allocated_bps
-        } else {
-            allocation.next_step_bps
-        };
-        let targets = (minimum, allocation.desired_bps);
+        // No padding (minimum 0): webrtc-rs peers leave str0m's probe packets out of their
+        // TWCC feedback, which reads as loss, and on a thin link padding would queue ahead of
+        // the audio. The desired rate is the full demand: str0m probes toward it by itself.
+        let targets = (0, allocation.desired_bps);
         let differs = |a: u64, b: u64| a.abs_diff(b) * 10 > b.max(1);
         if differs(targets.0, p.bwe_targets.0) || differs(targets.1, p.bwe_targets.1) {
             p.bwe_targets = targets;

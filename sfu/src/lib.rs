@@ -12,6 +12,7 @@
 
 pub mod allocator;
 pub mod api;
+pub mod congestion;
 mod demux;
 pub mod engine;
 mod keyframe;

@@ -17,6 +17,8 @@ pub struct SfuConfig {
     /// The address advertised to clients as the ICE candidate. Defaults to `bind` (with the
     /// bound port), which must then not be an unspecified address such as `0.0.0.0`.
     pub public_addr: Option<SocketAddr>,
+    /// Estimate subscribers' downlinks (str0m BWE) and run the allocator.
+    pub downlink_estimation: bool,
 }
 
 impl Default for SfuConfig {
@@ -24,6 +26,7 @@ impl Default for SfuConfig {
         SfuConfig {
             bind: SocketAddr::from(([127, 0, 0, 1], 0)),
             public_addr: None,
+            downlink_estimation: false,
         }
     }
 }
@@ -49,7 +52,11 @@ pub async fn start(config: SfuConfig) -> io::Result<SfuHandle> {
     };
     let (commands, rx) = mpsc::unbounded_channel();
     info!(%local, %advertised, "SFU listening on UDP");
-    tokio::spawn(run(socket, Engine::new(advertised), rx));
+    tokio::spawn(run(
+        socket,
+        Engine::new(advertised, config.downlink_estimation),
+        rx,
+    ));
     Ok(SfuHandle {
         commands,
         local_addr: local,

@@ -34,6 +34,12 @@ pub struct Config {
     /// key is generated once in `data_dir/recording.key`; keep it apart from the recordings
     /// in production.
     pub recording_key: Option<String>,
+    /// Estimate each subscriber's downlink (str0m's TWCC send-side estimator and pacer) and
+    /// allocate it by clinical priority: video paused below what the link carries, audio
+    /// kept. Off by default: webrtc-rs 0.17 peers (the cart, the load tester) return TWCC
+    /// feedback that sinks str0m's estimate on healthy links, and the pacer then holds
+    /// their video back (see the bandwidth issue's notes).
+    pub downlink_estimation: bool,
 }
 
 impl Default for Config {
@@ -51,6 +57,7 @@ impl Default for Config {
             data_dir: PathBuf::from("data"),
             token_ttl_secs: 4 * 3600,
             recording_key: None,
+            downlink_estimation: false,
         }
     }
 }

@@ -42,6 +42,9 @@ struct Cli {
     /// Recording encryption key, 64 hex digits (default: generated in the data dir).
     #[arg(long, env = "CONSULT_RECORDING_KEY", hide_env_values = true)]
     recording_key: Option<String>,
+    /// Estimate subscribers' downlinks and pause video (audio first) when a link is short.
+    #[arg(long, env = "CONSULT_DOWNLINK_ESTIMATION")]
+    downlink_estimation: bool,
     #[command(subcommand)]
     command: Option<Cmd>,
 }
@@ -123,6 +126,9 @@ fn config(cli: &Cli) -> anyhow::Result<Config> {
     }
     if let Some(v) = &cli.recording_key {
         c.recording_key = Some(v.clone());
+    }
+    if cli.downlink_estimation {
+        c.downlink_estimation = true;
     }
     Ok(c)
 }

@@ -48,6 +48,7 @@ pub async fn start(config: Config) -> anyhow::Result<RunningServer> {
     let sfu = consult_sfu::start(SfuConfig {
         bind: config.udp_bind,
         public_addr: config.public_ip.map(|ip| SocketAddr::new(ip, 0)),
+        downlink_estimation: config.downlink_estimation,
     })
     .await?;
     let audit = AuditLog::open(&config.audit_db())?;

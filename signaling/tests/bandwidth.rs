@@ -20,7 +20,7 @@ use std::time::{Duration, Instant};
 /// Link phases, from the relay's start.
 const DEGRADED_AT: Duration = Duration::from_secs(10);
 const RECOVERED_AT: Duration = Duration::from_secs(25);
-const END_AT: Duration = Duration::from_secs(37);
+const END_AT: Duration = Duration::from_secs(40);
 /// The estimate must have settled this long after the step down.
 const SETTLE: Duration = Duration::from_secs(2);
 /// An audio packet later than this after it was sent misses its playout.
@@ -41,8 +41,8 @@ fn degraded() -> Profile {
     }
 }
 
-/// (counter, sent µs, received µs) of each packet received, with its time base.
-type Arrivals = Arc<Mutex<Vec<(u32, u64, u64)>>>;
+/// (counter, sent µs, received µs, payload bytes) of each packet received.
+type Arrivals = Arc<Mutex<Vec<(u32, u64, u64, usize)>>>;
 
 fn record(track: RemoteTrack, kind: TrackKind) -> Arrivals {
     let out: Arrivals = Arc::default();
@@ -50,9 +50,10 @@ fn record(track: RemoteTrack, kind: TrackKind) -> Arrivals {
     tokio::spawn(async move {
         while let Ok((pkt, _)) = track.track.read_rtp().await {
             if let Some(info) = check_payload(kind, &pkt.payload) {
+                let bytes = pkt.payload.len();
                 o.lock()
                     .unwrap()
-                    .push((info.counter, info.sent_us, now_us()));
+                    .push((info.counter, info.sent_us, now_us(), bytes));
             }
         }
     });
@@ -61,7 +62,7 @@ fn record(track: RemoteTrack, kind: TrackKind) -> Arrivals {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn consultation_at_100_kbps_keeps_the_stethoscope() {
-    let srv = start_server().await;
+    let srv = start_server_with(|c| c.downlink_estimation = true).await;
     let room = "room-100k";
     let relay = LossyRelay::start_impaired(
         srv.server.udp_addr,
@@ -132,7 +133,21 @@ async fn consultation_at_100_kbps_keeps_the_stethoscope() {
 
     // Sample the physician's downlink estimate and allocation as the SFU sees them.
     let mut series = Vec::new();
+    let mut degraded_metrics = None;
     while t0.elapsed() < END_AT + Duration::from_secs(1) {
+        if degraded_metrics.is_none() && t0.elapsed() >= RECOVERED_AT - Duration::from_secs(2) {
+            // What the operators' dashboard shows of the physician's link at 100 kbps.
+            let (_, text) = srv.api_get("/metrics").await;
+            let sub = format!(
+                "connection=\"subscriber\",participant=\"{}\"",
+                doc.participant_id
+            );
+            degraded_metrics = Some((
+                metric(&text, "consult_peer_audio_only", &sub),
+                metric(&text, "consult_peer_allocated_bps", &sub),
+                metric(&text, "consult_peer_estimate_bps", &sub),
+            ));
+        }
         let stats = srv.server.sfu().stats().await.unwrap();
         if let Some(p) = stats
             .peers
@@ -144,6 +159,8 @@ async fn consultation_at_100_kbps_keeps_the_stethoscope() {
                 p.link.estimate_bps,
                 p.allocated_bps,
                 p.audio_only,
+                p.link.loss_to_client,
+                p.link.rtt_ms,
             ));
         }
         tokio::time::sleep(Duration::from_millis(250)).await;
@@ -240,6 +257,20 @@ async fn consultation_at_100_kbps_keeps_the_stethoscope() {
         }
         v
     };
+    // Received payload bits per second, per track, for the time series.
+    let kbps = |label: TrackLabel| {
+        let a = arrivals_of(label);
+        let a = a.lock().unwrap();
+        let secs = END_AT.as_secs() as usize + 1;
+        let mut v = vec![0u64; secs];
+        for x in a.iter() {
+            let s = rel(x.2).as_secs() as usize;
+            if s < secs {
+                v[s] += x.3 as u64 * 8;
+            }
+        }
+        v.into_iter().map(|b| b / 1000).collect::<Vec<_>>()
+    };
     let cam_rate = per_second(TrackLabel::Camera);
     let oto_rate = per_second(TrackLabel::Otoscope);
     // Video back: the first second after recovery from which the camera gets ≥ 90 % of the
@@ -269,6 +300,13 @@ async fn consultation_at_100_kbps_keeps_the_stethoscope() {
         "estimate_settled_after_ms": settle_ms,
         "camera_back_after_s": back_s,
         "video_packets_per_s": {"camera": cam_rate, "otoscope": oto_rate},
+        "received_kbps_per_s": {
+            "stethoscope": kbps(TrackLabel::Stethoscope),
+            "speech": kbps(TrackLabel::Microphone),
+            "otoscope": kbps(TrackLabel::Otoscope),
+            "camera": kbps(TrackLabel::Camera),
+        },
+        "phases_s": {"degraded": DEGRADED_AT.as_secs(), "recovered": RECOVERED_AT.as_secs(), "end": END_AT.as_secs()},
         "sent": {
             "stethoscope": sent_steth, "speech": sent_speech,
             "otoscope": {"packets": sent_oto.packets, "keyframes": sent_oto.keyframes},
@@ -280,6 +318,8 @@ async fn consultation_at_100_kbps_keeps_the_stethoscope() {
             "estimate_bps": s.1,
             "allocated_bps": s.2,
             "audio_only": s.3,
+            "loss": s.4,
+            "rtt_ms": s.5,
         })).collect::<Vec<_>>(),
         "link": format!("{:?}", relay.link_stats()),
     });
@@ -300,6 +340,13 @@ async fn consultation_at_100_kbps_keeps_the_stethoscope() {
         assert!(share >= 0.95, "{r}");
         assert!(r["max_gap_ms"].as_u64().unwrap() <= 250, "{r}");
     }
+    let (audio_only_gauge, allocated_gauge, estimate_gauge) = degraded_metrics.unwrap();
+    eprintln!("metrics at 100 kbps: audio_only {audio_only_gauge:?}, allocated {allocated_gauge:?}, estimate {estimate_gauge:?}");
+    assert_eq!(audio_only_gauge, Some(1.0));
+    assert!(
+        allocated_gauge.is_some_and(|a| a < 100_000.0),
+        "{allocated_gauge:?}"
+    );
     assert!(
         notices.iter().any(|n| n.0),
         "the physician was told video is paused: {notices:?}"

@@ -238,6 +238,13 @@ test("waiting room, admission, media both ways, stethoscope settings and a still
   await cart.waitForSelector("body[data-last-control='capture:otoscope']");
   await doc.waitForFunction((n) => document.querySelectorAll("#gallery figure[data-loaded-bytes]").length > n, stillsBefore, { timeout: 30000 });
 
+  // The physician pins the cart's camera: accepted by the server (no error shown).
+  // (a DOM click: the button may sit outside the small test viewport)
+  await doc.$eval(`.tile.remote[data-label=camera] button[data-pin]`, (b) => b.click());
+  await doc.waitForSelector(`.tile.remote[data-label=camera][data-pinned=true]`);
+  await new Promise((r) => setTimeout(r, 500));
+  assert.equal(await doc.$eval("#problem", (p) => p.textContent), "");
+
   // An ICE restart of both of the cart's connections (as after a network change): the media
   // keeps flowing both ways, without leaving the room.
   const beforeRestart = await stats(doc);

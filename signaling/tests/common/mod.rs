@@ -32,9 +32,16 @@ pub fn init_tracing() {
 }
 
 pub async fn start_server() -> TestServer {
+    start_server_with(|_| {}).await
+}
+
+/// A test server with some of its configuration changed.
+pub async fn start_server_with(change: impl FnOnce(&mut Config)) -> TestServer {
     init_tracing();
     let dir = std::env::temp_dir().join(format!("consult-test-{:016x}", rand::random::<u64>()));
-    let server = consult_signaling::start(Config::for_tests(dir.clone()))
+    let mut config = Config::for_tests(dir.clone());
+    change(&mut config);
+    let server = consult_signaling::start(config)
         .await
         .expect("server starts");
     TestServer { server, dir }

@@ -1,0 +1,179 @@
+//! Which estimate the allocator should act on (sans-I/O).
+//!
+//! str0m's estimate is trusted when the link shows the mark of a bottleneck: round-trip time
+//! above its minimum by [`QUEUEING_MS`] (a queue is building). Without that mark the estimate
+//! is not allowed to pull forwarded tracks down: webrtc-rs peers leave str0m's probe packets
+//! out of their TWCC feedback, which reads as loss and sinks the estimate on a healthy link
+//! (see the closing notes of the bandwidth issue).
+//!
+//! A link without queueing for [`HEALTHY_HOLD`] is probed with media: the allocator is let
+//! take one step up (it takes at most one per hold); if that step builds a queue, the now
+//! trusted estimate takes it back, and the next probe waits twice as long (up to
+//! [`MAX_HOLD`]).
+
+use std::time::{Duration, Instant};
+
+/// RTT above the minimum seen that means a queue is building.
+pub const QUEUEING_MS: f32 = 40.0;
+/// How long the link must stay free of queueing before a step up is tried without the
+/// estimate's consent.
+pub const HEALTHY_HOLD: Duration = Duration::from_secs(3);
+pub const MAX_HOLD: Duration = Duration::from_secs(24);
+/// Queueing this soon after a probe step is blamed on the step.
+pub const PROBE_BLAME: Duration = Duration::from_secs(5);
+
+#[derive(Debug)]
+pub struct CongestionGate {
+    min_rtt_ms: Option<f32>,
+    healthy_since: Option<Instant>,
+    hold: Duration,
+    congested: bool,
+    /// When a step up without the estimate's consent was last allowed.
+    probed_at: Option<Instant>,
+}
+
+impl Default for CongestionGate {
+    fn default() -> Self {
+        CongestionGate {
+            min_rtt_ms: None,
+            healthy_since: None,
+            hold: HEALTHY_HOLD,
+            congested: false,
+            probed_at: None,
+        }
+    }
+}
+
+impl CongestionGate {
+    /// Whether the last update saw queueing.
+    pub fn congested(&self) -> bool {
+        self.congested
+    }
+
+    /// The estimate to allocate with. `allocated_bps` is what is forwarded now, `wanted_bps`
+    /// what forwarding everything would need (both as the allocator counts them).
+    pub fn effective_estimate(
+        &mut self,
+        now: Instant,
+        estimate_bps: u64,
+        rtt_ms: Option<f32>,
+        allocated_bps: u64,
+        wanted_bps: u64,
+    ) -> u64 {
+        if let Some(rtt) = rtt_ms {
+            let min = self.min_rtt_ms.map_or(rtt, |m| m.min(rtt));
+            self.min_rtt_ms = Some(min);
+            let congested = rtt > min + QUEUEING_MS;
+            if congested && !self.congested {
+                // A queue soon after our own probe: back off; otherwise the link changed.
+                let ours = self
+                    .probed_at
+                    .is_some_and(|t| now.saturating_duration_since(t) < PROBE_BLAME);
+                self.hold = if ours {
+                    (self.hold * 2).min(MAX_HOLD)
+                } else {
+                    HEALTHY_HOLD
+                };
+            }
+            self.congested = congested;
+        }
+        if self.congested {
+            self.healthy_since = None;
+            return estimate_bps;
+        }
+        let since = *self.healthy_since.get_or_insert(now);
+        if now.saturating_duration_since(since) >= MAX_HOLD {
+            // A long healthy spell earns the short hold back.
+            self.hold = HEALTHY_HOLD;
+        }
+        // No queue: what flows now evidently fits.
+        let keep = (allocated_bps as f64 * 1.05 / crate::allocator::USABLE_SHARE) as u64;
+        if now.saturating_duration_since(since) >= self.hold {
+            // Healthy long enough: let the next step be tried.
+            self.probed_at = Some(now);
+            let all = (wanted_bps as f64 * crate::allocator::UP_MARGIN
+                / crate::allocator::USABLE_SHARE) as u64;
+            return estimate_bps.max(keep).max(all);
+        }
+        estimate_bps.max(keep)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn without_queueing_the_estimate_cannot_take_tracks_down() {
+        let t = Instant::now();
+        let mut g = CongestionGate::default();
+        // A bogus low estimate on a 1 ms link: what flows (900 k) is kept.
+        let e = g.effective_estimate(t, 300_000, Some(1.0), 900_000, 1_500_000);
+        assert_eq!(e, 1_050_000);
+        assert!(!g.congested());
+    }
+
+    #[test]
+    fn queueing_makes_the_estimate_count() {
+        let t = Instant::now();
+        let mut g = CongestionGate::default();
+        g.effective_estimate(t, 2_000_000, Some(50.0), 900_000, 1_500_000);
+        let e = g.effective_estimate(t, 80_000, Some(230.0), 900_000, 1_500_000);
+        assert_eq!(e, 80_000);
+        assert!(g.congested());
+    }
+
+    #[test]
+    fn a_healthy_link_is_probed_with_media_and_backs_off() {
+        let t = Instant::now();
+        let mut g = CongestionGate::default();
+        g.effective_estimate(t, 300_000, Some(50.0), 72_000, 1_200_000);
+        // Not yet: only what flows is kept.
+        let e = g.effective_estimate(
+            t + Duration::from_secs(1),
+            300_000,
+            Some(50.0),
+            72_000,
+            1_200_000,
+        );
+        assert_eq!(e, 300_000);
+        // After the hold, room for everything: the allocator steps up (one step per hold).
+        let e = g.effective_estimate(t + HEALTHY_HOLD, 300_000, Some(50.0), 72_000, 1_200_000);
+        assert!(e >= 1_200_000);
+        // The step builds a queue: the estimate counts again, and the next try waits longer.
+        let t2 = t + HEALTHY_HOLD + Duration::from_secs(1);
+        assert_eq!(
+            g.effective_estimate(t2, 250_000, Some(120.0), 500_000, 1_200_000),
+            250_000
+        );
+        let t3 = t2 + Duration::from_secs(1);
+        g.effective_estimate(t3, 250_000, Some(50.0), 72_000, 1_200_000);
+        let e = g.effective_estimate(t3 + HEALTHY_HOLD, 250_000, Some(50.0), 72_000, 1_200_000);
+        assert!(e < 1_200_000, "backed off: {e}");
+        let e = g.effective_estimate(
+            t3 + HEALTHY_HOLD * 2,
+            250_000,
+            Some(50.0),
+            72_000,
+            1_200_000,
+        );
+        assert!(e >= 1_200_000);
+    }
+
+    #[test]
+    fn a_link_that_degrades_by_itself_does_not_lengthen_the_hold() {
+        let t = Instant::now();
+        let mut g = CongestionGate::default();
+        g.effective_estimate(t, 2_000_000, Some(50.0), 1_000_000, 1_000_000);
+        // Long after any probe, the link gets slow: trusted estimate, short hold kept.
+        let t1 = t + Duration::from_secs(30);
+        assert_eq!(
+            g.effective_estimate(t1, 80_000, Some(250.0), 1_000_000, 1_000_000),
+            80_000
+        );
+        let t2 = t1 + Duration::from_secs(10);
+        g.effective_estimate(t2, 80_000, Some(50.0), 72_000, 1_000_000);
+        let e = g.effective_estimate(t2 + HEALTHY_HOLD, 80_000, Some(50.0), 72_000, 1_000_000);
+        assert!(e >= 1_000_000);
+    }
+}
