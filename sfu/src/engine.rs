@@ -49,6 +49,8 @@ const ALLOCATION_INTERVAL: Duration = Duration::from_millis(250);
 /// again above [`LINK_OK_BPS`].
 pub const LOW_LINK_BPS: u64 = 250_000;
 pub const LINK_OK_BPS: u64 = 300_000;
+/// How long the estimate must stay under [`LOW_LINK_BPS`] before the link is reported low.
+pub const LOW_LINK_AFTER: Duration = Duration::from_secs(3);
 
 /// Bytes a packet costs on the wire beyond its RTP payload that the estimate also counts:
 /// RTP header and extensions, SRTP tag.
@@ -75,6 +77,8 @@ struct Participant {
     allocated_bps: u64,
     audio_only: bool,
     low_link: bool,
+    /// Since when the estimate has been under the low-link threshold.
+    low_since: Option<Instant>,
     /// (minimum, desired) last given to str0m's estimator.
     bwe_targets: (u64, u64),
     /// Tracks the participant pinned: served before others of lower clinical rank.
@@ -439,6 +443,7 @@ impl Engine {
                 allocated_bps: 0,
                 audio_only: false,
                 low_link: false,
+                low_since: None,
                 bwe_targets: (0, 0),
                 pinned: Vec::new(),
             },
@@ -810,11 +815,20 @@ impl Engine {
             }
         }
         p.allocated_bps = allocation.allocated_bps;
-        let low_link = if p.low_link {
+        // Low once under the threshold for LOW_LINK_AFTER; fine again above LINK_OK_BPS.
+        let under = if p.low_link {
             estimate < LINK_OK_BPS
         } else {
             estimate < LOW_LINK_BPS
         };
+        if !under {
+            p.low_since = None;
+        } else if p.low_since.is_none() {
+            p.low_since = Some(now);
+        }
+        let low_link = p
+            .low_since
+            .is_some_and(|t| now.saturating_duration_since(t) >= LOW_LINK_AFTER);
         if allocation.audio_only != p.audio_only || low_link != p.low_link {
             p.audio_only = allocation.audio_only;
             p.low_link = low_link;

@@ -355,6 +355,32 @@ async fn consultation_at_100_kbps_keeps_the_stethoscope() {
         settle_ms.is_some_and(|ms| ms <= 5_000),
         "estimate settled after {settle_ms:?} ms"
     );
+    // The physician's report lists the period in audio-only mode and the low estimate.
+    let (status, body) = srv
+        .api_get(&format!("/api/consultations/{room}/summary"))
+        .await;
+    assert_eq!(status, 200);
+    let summary: serde_json::Value = serde_json::from_str(&body).unwrap();
+    let kinds: Vec<(String, String)> = summary["incidents"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|i| {
+            let d = &i["detail"];
+            (
+                i["kind"].as_str().unwrap_or("").to_owned(),
+                d["phase"].as_str().unwrap_or("").to_owned(),
+            )
+        })
+        .collect();
+    eprintln!("incidents: {kinds:?}");
+    for kind in ["audio_only", "low_estimate"] {
+        assert!(
+            kinds.iter().any(|k| k.0 == kind && k.1 == "start"),
+            "{kind} in the summary: {kinds:?}"
+        );
+    }
+
     // Video does not compete with the audio once the estimate has settled.
     let quiet_from = (DEGRADED_AT + SETTLE).as_secs() as usize + 2;
     let video_in_degraded: u32 = (quiet_from..RECOVERED_AT.as_secs() as usize)
