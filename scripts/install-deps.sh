@@ -3,13 +3,15 @@
 #   install-deps.sh build   a C toolchain (aws-lc, SQLite): enough to build and run the server
 #   install-deps.sh test    also libopus and ffmpeg (cart), Chromium for the browser tests, iproute2/util-linux for their
 #                           loopback-only network namespace, Node.js + npm where missing
+#   install-deps.sh bench   the test packages and matplotlib for the benches' plots
 set -euo pipefail
 packages=(build-essential pkg-config ca-certificates)
-if [ "${1:-test}" = test ]; then
+if [ "${1:-test}" = test ] || [ "${1:-}" = bench ]; then
   packages+=(libopus-dev ffmpeg chromium iproute2 util-linux)
   command -v node >/dev/null || packages+=(nodejs)
   command -v npm >/dev/null || packages+=(npm)
 fi
+[ "${1:-}" = bench ] && packages+=(python3-matplotlib)
 missing=()
 for p in "${packages[@]}"; do
   dpkg -s "$p" >/dev/null 2>&1 || missing+=("$p")

@@ -848,8 +848,14 @@ impl Engine {
         }
         // No padding (minimum 0): webrtc-rs peers leave str0m's probe packets out of their
         // TWCC feedback, which reads as loss, and on a thin link padding would queue ahead of
-        // the audio. The desired rate is the full demand: str0m probes toward it by itself.
-        let targets = (0, allocation.desired_bps);
+        // the audio. While the link shows a queue the desired rate is what flows (no probe
+        // clusters into a full queue); otherwise it is the full demand, which str0m probes for.
+        let desired = if p.gate.congested() {
+            allocation.allocated_bps
+        } else {
+            allocation.desired_bps
+        };
+        let targets = (0, desired);
         let differs = |a: u64, b: u64| a.abs_diff(b) * 10 > b.max(1);
         if differs(targets.0, p.bwe_targets.0) || differs(targets.1, p.bwe_targets.1) {
             p.bwe_targets = targets;

@@ -134,7 +134,16 @@ async fn consultation_at_100_kbps_keeps_the_stethoscope() {
     // Sample the physician's downlink estimate and allocation as the SFU sees them.
     let mut series = Vec::new();
     let mut degraded_metrics = None;
+    let mut link_marks = Vec::new();
     while t0.elapsed() < END_AT + Duration::from_secs(1) {
+        // The downlink's offered load in the settled part of the degraded phase.
+        let marks = [
+            DEGRADED_AT + Duration::from_secs(4),
+            RECOVERED_AT - Duration::from_secs(1),
+        ];
+        if link_marks.len() < 2 && t0.elapsed() >= marks[link_marks.len()] {
+            link_marks.push((t0.elapsed(), relay.link_stats().1));
+        }
         if degraded_metrics.is_none() && t0.elapsed() >= RECOVERED_AT - Duration::from_secs(2) {
             // What the operators' dashboard shows of the physician's link at 100 kbps.
             let (_, text) = srv.api_get("/metrics").await;
@@ -293,7 +302,17 @@ async fn consultation_at_100_kbps_keeps_the_stethoscope() {
         })
         .map(|i| (series[i].0 - DEGRADED_AT).as_millis() as u64);
 
+    let (ta, a) = &link_marks[0];
+    let (tb, b) = &link_marks[1];
+    let secs = (*tb - *ta).as_secs_f64();
+    let downlink = json!({
+        "offered_kbps": (b.bytes - a.bytes) as f64 * 8.0 / secs / 1000.0,
+        "packets_per_s": (b.packets - a.packets) as f64 / secs,
+        "dropped_queue": b.dropped_queue - a.dropped_queue,
+        "dropped_loss": b.dropped_loss - a.dropped_loss,
+    });
     let report = json!({
+        "degraded_downlink": downlink,
         "scenario": "2 Mbps → 100 kbps, 100 ms, 2 % loss → 2 Mbps (physician's link, both ways)",
         "stethoscope": steth_report,
         "speech": speech_report,
