@@ -252,33 +252,24 @@ async fn consultation_at_100_kbps_keeps_the_stethoscope() {
     let steth_report = audio_report(TrackLabel::Stethoscope, sent_steth);
     let speech_report = audio_report(TrackLabel::Microphone, sent_speech);
 
-    // Video: packets received per second, per track.
-    let per_second = |label: TrackLabel| {
+    // Per second of reception, per track: the sum of `value` over the packets received.
+    let per_second_sum = |label: TrackLabel, value: &dyn Fn(usize) -> u64| {
         let a = arrivals_of(label);
         let a = a.lock().unwrap();
-        let secs = END_AT.as_secs() as usize + 1;
-        let mut v = vec![0u32; secs];
+        let mut v = vec![0u64; END_AT.as_secs() as usize + 1];
         for x in a.iter() {
-            let s = rel(x.2).as_secs() as usize;
-            if s < secs {
-                v[s] += 1;
+            if let Some(slot) = v.get_mut(rel(x.2).as_secs() as usize) {
+                *slot += value(x.3);
             }
         }
         v
     };
-    // Received payload bits per second, per track, for the time series.
+    // Video: packets received per second.
+    let per_second = |label: TrackLabel| per_second_sum(label, &|_| 1);
+    // Received payload kbit/s, for the time series.
     let kbps = |label: TrackLabel| {
-        let a = arrivals_of(label);
-        let a = a.lock().unwrap();
-        let secs = END_AT.as_secs() as usize + 1;
-        let mut v = vec![0u64; secs];
-        for x in a.iter() {
-            let s = rel(x.2).as_secs() as usize;
-            if s < secs {
-                v[s] += x.3 as u64 * 8;
-            }
-        }
-        v.into_iter().map(|b| b / 1000).collect::<Vec<_>>()
+        let bits = per_second_sum(label, &|bytes| bytes as u64 * 8);
+        bits.into_iter().map(|b| b / 1000).collect::<Vec<_>>()
     };
     let cam_rate = per_second(TrackLabel::Camera);
     let oto_rate = per_second(TrackLabel::Otoscope);
@@ -404,7 +395,7 @@ async fn consultation_at_100_kbps_keeps_the_stethoscope() {
 
     // Video does not compete with the audio once the estimate has settled.
     let quiet_from = (DEGRADED_AT + SETTLE).as_secs() as usize + 2;
-    let video_in_degraded: u32 = (quiet_from..RECOVERED_AT.as_secs() as usize)
+    let video_in_degraded: u64 = (quiet_from..RECOVERED_AT.as_secs() as usize)
         .map(|s| cam_rate[s] + oto_rate[s])
         .sum();
     assert!(
