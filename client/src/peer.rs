@@ -8,13 +8,15 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 use tokio::sync::mpsc;
-use webrtc::api::interceptor_registry::register_default_interceptors;
+use webrtc::api::interceptor_registry::{configure_nack, configure_twcc_receiver_only};
 use webrtc::api::media_engine::{MediaEngine, MIME_TYPE_OPUS, MIME_TYPE_VP8};
 use webrtc::api::setting_engine::SettingEngine;
 use webrtc::api::APIBuilder;
 use webrtc::ice::mdns::MulticastDnsMode;
 use webrtc::ice::network_type::NetworkType;
 use webrtc::interceptor::registry::Registry;
+use webrtc::interceptor::report::receiver::ReceiverReport;
+use webrtc::interceptor::report::sender::SenderReport;
 use webrtc::peer_connection::configuration::RTCConfiguration;
 use webrtc::peer_connection::sdp::session_description::RTCSessionDescription;
 use webrtc::peer_connection::RTCPeerConnection;
@@ -88,6 +90,9 @@ fn media_engine() -> anyhow::Result<MediaEngine> {
     Ok(m)
 }
 
+/// How often our peers send RTCP receiver reports.
+const RECEIVER_REPORT_INTERVAL: Duration = Duration::from_millis(250);
+
 pub async fn new_peer_connection(
     rtx_repair: bool,
     ice_failed_after: Option<std::time::Duration>,
@@ -98,7 +103,14 @@ pub async fn new_peer_connection(
         // First, so it sits next to the network: see `rtx.rs`.
         registry.add(Box::new(crate::rtx::RtxRepairBuilder));
     }
-    let registry = register_default_interceptors(registry, &mut m)?;
+    // webrtc-rs's defaults, but receiver reports four times a second (default: one): the
+    // SFU reads the round-trip time from them, its signal of a queue building on the link.
+    let mut registry = configure_nack(registry, &mut m);
+    registry.add(Box::new(
+        ReceiverReport::builder().with_interval(RECEIVER_REPORT_INTERVAL),
+    ));
+    registry.add(Box::new(SenderReport::builder()));
+    let registry = configure_twcc_receiver_only(registry, &mut m)?;
     let mut s = SettingEngine::default();
     s.set_include_loopback_candidate(true);
     s.set_ice_multicast_dns_mode(MulticastDnsMode::Disabled);

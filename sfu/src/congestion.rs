@@ -13,8 +13,10 @@
 
 use std::time::{Duration, Instant};
 
-/// RTT above the minimum seen that means a queue is building.
+/// RTT above the minimum seen that means a queue is building…
 pub const QUEUEING_MS: f32 = 40.0;
+/// …when it lasts this long.
+pub const SUSTAINED: Duration = Duration::from_millis(500);
 /// How long the link must stay free of queueing before a step up is tried without the
 /// estimate's consent.
 pub const HEALTHY_HOLD: Duration = Duration::from_secs(3);
@@ -30,6 +32,8 @@ pub struct CongestionGate {
     congested: bool,
     /// When a step up without the estimate's consent was last allowed.
     probed_at: Option<Instant>,
+    /// Since when the RTT has been above its minimum by [`QUEUEING_MS`].
+    queued_since: Option<Instant>,
 }
 
 impl Default for CongestionGate {
@@ -40,6 +44,7 @@ impl Default for CongestionGate {
             hold: HEALTHY_HOLD,
             congested: false,
             probed_at: None,
+            queued_since: None,
         }
     }
 }
@@ -63,7 +68,16 @@ impl CongestionGate {
         if let Some(rtt) = rtt_ms {
             let min = self.min_rtt_ms.map_or(rtt, |m| m.min(rtt));
             self.min_rtt_ms = Some(min);
-            let congested = rtt > min + QUEUEING_MS;
+            // A queue is a sustained rise, not one delayed report (a keyframe burst).
+            let queued = rtt > min + QUEUEING_MS;
+            if !queued {
+                self.queued_since = None;
+            } else if self.queued_since.is_none() {
+                self.queued_since = Some(now);
+            }
+            let congested = self
+                .queued_since
+                .is_some_and(|t| now.saturating_duration_since(t) >= SUSTAINED);
             if congested && !self.congested {
                 // A queue soon after our own probe: back off; otherwise the link changed.
                 let ours = self
@@ -89,8 +103,10 @@ impl CongestionGate {
         // No queue: what flows now evidently fits.
         let keep = (allocated_bps as f64 * 1.05 / crate::allocator::USABLE_SHARE) as u64;
         if now.saturating_duration_since(since) >= self.hold {
-            // Healthy long enough: let the next step be tried.
-            self.probed_at = Some(now);
+            // Healthy long enough: let the next step be tried (if anything is held back).
+            if wanted_bps > allocated_bps {
+                self.probed_at = Some(now);
+            }
             let all = (wanted_bps as f64 * crate::allocator::UP_MARGIN
                 / crate::allocator::USABLE_SHARE) as u64;
             return estimate_bps.max(keep).max(all);
@@ -118,7 +134,10 @@ mod tests {
         let t = Instant::now();
         let mut g = CongestionGate::default();
         g.effective_estimate(t, 2_000_000, Some(50.0), 900_000, 1_500_000);
+        // One late report is not a queue.
         let e = g.effective_estimate(t, 80_000, Some(230.0), 900_000, 1_500_000);
+        assert!(e > 80_000);
+        let e = g.effective_estimate(t + SUSTAINED, 80_000, Some(230.0), 900_000, 1_500_000);
         assert_eq!(e, 80_000);
         assert!(g.congested());
     }
@@ -142,6 +161,9 @@ mod tests {
         assert!(e >= 1_200_000);
         // The step builds a queue: the estimate counts again, and the next try waits longer.
         let t2 = t + HEALTHY_HOLD + Duration::from_secs(1);
+        // One late report is not a queue; half a second of them is.
+        let e = g.effective_estimate(t2 - SUSTAINED, 250_000, Some(120.0), 500_000, 1_200_000);
+        assert!(e > 250_000);
         assert_eq!(
             g.effective_estimate(t2, 250_000, Some(120.0), 500_000, 1_200_000),
             250_000
@@ -167,6 +189,7 @@ mod tests {
         g.effective_estimate(t, 2_000_000, Some(50.0), 1_000_000, 1_000_000);
         // Long after any probe, the link gets slow: trusted estimate, short hold kept.
         let t1 = t + Duration::from_secs(30);
+        g.effective_estimate(t1 - SUSTAINED, 80_000, Some(250.0), 1_000_000, 1_000_000);
         assert_eq!(
             g.effective_estimate(t1, 80_000, Some(250.0), 1_000_000, 1_000_000),
             80_000

@@ -39,8 +39,9 @@ impl Peer {
             .set_rtp_mode(true)
             .set_send_buffer_video(SEND_BUFFER_VIDEO)
             .set_send_buffer_audio(SEND_BUFFER_AUDIO)
-            // Cumulative counters once a second, for metrics (`stats.rs`).
-            .set_stats_interval(Some(std::time::Duration::from_secs(1)));
+            // Cumulative counters for metrics (`stats.rs`), and the RTT the allocator's
+            // congestion gate reads: four times a second.
+            .set_stats_interval(Some(std::time::Duration::from_millis(250)));
         if estimate {
             config = config.enable_bwe(Some(Bitrate::kbps(INITIAL_ESTIMATE_KBPS)));
         }

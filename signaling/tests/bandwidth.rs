@@ -302,7 +302,13 @@ async fn consultation_at_100_kbps_keeps_the_stethoscope() {
         "dropped_queue": b.dropped_queue - a.dropped_queue,
         "dropped_loss": b.dropped_loss - a.dropped_loss,
     });
+    // The allocator's reaction: the first sample in audio-only mode after the step down.
+    let audio_only_ms = series
+        .iter()
+        .find(|s| s.0 >= DEGRADED_AT && s.3)
+        .map(|s| (s.0 - DEGRADED_AT).as_millis() as u64);
     let report = json!({
+        "audio_only_after_ms": audio_only_ms,
         "degraded_downlink": downlink,
         "scenario": "2 Mbps → 100 kbps, 100 ms, 2 % loss → 2 Mbps (physician's link, both ways)",
         "stethoscope": steth_report,
