@@ -263,7 +263,8 @@ test("waiting room, admission, media both ways, stethoscope settings and a still
   // withdrawal stops it.
   await doc.click(`.tile.remote[data-label=stethoscope] button[data-record]`);
   await cart.waitForSelector("#recording-accept:not([hidden])");
-  assert.equal(await doc.evaluate(() => document.body.dataset.recording), "pending");
+  // (the physician's copy of the same message may land a moment after the cart's)
+  await doc.waitForSelector("body[data-recording=pending]", { timeout: 5000 });
   await cart.click("#recording-accept");
   await doc.waitForSelector("body[data-recording=recording]");
   await cart.waitForSelector("#recording-withdraw:not([hidden])");
