@@ -245,6 +245,22 @@ test("waiting room, admission, media both ways, stethoscope settings and a still
   await new Promise((r) => setTimeout(r, 500));
   assert.equal(await doc.$eval("#problem", (p) => p.textContent), "");
 
+  // A `bandwidth` notice as the server sends it when the physician's link is short: the banner
+  // says video is paused and the paused tile is dimmed; the next notice clears both.
+  const camId = await doc.$eval(`.tile.remote[data-label=camera]`, (t) => t.dataset.trackId);
+  await doc.evaluate((id) => window.consult.client.handle({
+    type: "bandwidth", audio_only: true, low_link: true, estimate_kbps: 80, paused_track_ids: [id],
+  }), camId);
+  await doc.waitForSelector("#bandwidth-banner:not([hidden])");
+  assert.match(await doc.$eval("#bandwidth-text", (e) => e.textContent), /vidéo suspendue/);
+  assert.ok(await doc.$eval(`.tile.remote[data-label=camera]`, (t) => t.classList.contains("paused")));
+  assert.ok(!(await doc.$eval(`.tile.remote[data-label=otoscope]`, (t) => t.classList.contains("paused"))));
+  await doc.evaluate(() => window.consult.client.handle({
+    type: "bandwidth", audio_only: false, low_link: false, estimate_kbps: 1500, paused_track_ids: [],
+  }));
+  await doc.waitForSelector("#bandwidth-banner", { state: "hidden" });
+  assert.equal(await doc.evaluate(() => document.body.dataset.bandwidth), "ok");
+
   // An ICE restart of both of the cart's connections (as after a network change): the media
   // keeps flowing both ways, without leaving the room.
   const beforeRestart = await stats(doc);
