@@ -5,6 +5,7 @@
 
 mod messages;
 mod roles;
+pub mod vp8;
 
 pub use messages::*;
 pub use roles::*;

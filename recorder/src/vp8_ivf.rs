@@ -8,26 +8,7 @@ use std::io::{Seek, SeekFrom, Write};
 
 const REORDER_WINDOW: usize = 16;
 
-/// The VP8 payload after the RTP payload descriptor, and whether it starts a frame.
-pub fn vp8_payload(p: &[u8]) -> Option<(&[u8], bool)> {
-    let b0 = *p.first()?;
-    let mut i = 1;
-    if b0 & 0x80 != 0 {
-        let x = *p.get(1)?;
-        i += 1;
-        if x & 0x80 != 0 {
-            i += if p.get(i)? & 0x80 != 0 { 2 } else { 1 };
-        }
-        if x & 0x40 != 0 {
-            i += 1;
-        }
-        if x & 0x30 != 0 {
-            i += 1;
-        }
-    }
-    let start = b0 & 0x10 != 0 && b0 & 0x07 == 0;
-    Some((p.get(i..)?, start))
-}
+pub use consult_protocol::vp8::vp8_payload;
 
 /// Width and height of a VP8 keyframe (RFC 6386 §9.1), `None` for an interframe.
 pub fn keyframe_size(frame: &[u8]) -> Option<(u16, u16)> {

@@ -71,8 +71,8 @@ struct Participant {
     allocator: Allocator<(u64, Mid)>,
     /// Whether the estimate may take tracks down (queueing seen), and media probing.
     gate: CongestionGate,
-    /// Latest estimate of the subscriber connection's downlink: TWCC, else REMB.
-    estimate_bps: Option<u64>,
+    /// Latest downlink estimates of the subscriber connection (see `estimate_bps`).
+    twcc_bps: Option<u64>,
     remb_bps: Option<u64>,
     allocated_bps: u64,
     audio_only: bool,
@@ -86,6 +86,11 @@ struct Participant {
 }
 
 impl Participant {
+    /// The subscriber connection's downlink estimate: TWCC, else REMB.
+    fn estimate_bps(&self) -> Option<u64> {
+        self.twcc_bps.or(self.remb_bps)
+    }
+
     fn peer_mut(&mut self, target: PeerTarget) -> &mut Peer {
         match target {
             PeerTarget::Publisher => &mut self.publisher,
@@ -156,7 +161,7 @@ impl Engine {
                     room: p.room.clone(),
                     target,
                     link: peer.counters.link,
-                    allocated_bps: (subscriber && p.estimate_bps.is_some())
+                    allocated_bps: (subscriber && p.estimate_bps().is_some())
                         .then_some(p.allocated_bps),
                     audio_only: subscriber && p.audio_only,
                 });
@@ -438,7 +443,7 @@ impl Engine {
                 ice_restart_wanted: false,
                 allocator: Allocator::default(),
                 gate: CongestionGate::default(),
-                estimate_bps: None,
+                twcc_bps: None,
                 remb_bps: None,
                 allocated_bps: 0,
                 audio_only: false,
@@ -756,52 +761,41 @@ impl Engine {
         let Some(p) = self.participants.get(&key) else {
             return;
         };
-        let Some(estimate) = p.estimate_bps else {
+        let Some(estimate) = p.estimate_bps() else {
             return;
         };
-        let demands: Vec<TrackDemand<(u64, Mid)>> = p
-            .outs
-            .iter()
-            .filter(|o| o.state == OutState::Open)
-            .map(|o| {
-                let rate = self
-                    .participants
-                    .get(&o.source.0)
-                    .and_then(|s| s.tracks.iter().find(|t| t.mid == o.source.1))
-                    .map_or(Some(0), |t| t.rate.settled_bps(now));
-                TrackDemand {
-                    key: o.source,
-                    label: o.label,
-                    // A track not measured yet is let through; its rate counts once known.
-                    layers: vec![rate.unwrap_or(1).max(1)],
-                    pinned: p.pinned.contains(&o.source),
-                }
-            })
-            .collect();
+        let mut demands: Vec<TrackDemand<(u64, Mid)>> = Vec::with_capacity(p.outs.len());
+        // What forwarding everything would take, and what flows now, at today's rates.
+        let (mut wanted, mut flowing) = (0, 0);
+        for o in p.outs.iter().filter(|o| o.state == OutState::Open) {
+            let rate = self
+                .participants
+                .get(&o.source.0)
+                .and_then(|s| s.tracks.iter().find(|t| t.mid == o.source.1))
+                .map_or(Some(0), |t| t.rate.settled_bps(now));
+            // A track not measured yet is let through; its rate counts once known.
+            let rate = rate.unwrap_or(1).max(1);
+            wanted += rate;
+            if o.forwarding {
+                flowing += rate;
+            }
+            demands.push(TrackDemand {
+                key: o.source,
+                label: o.label,
+                layers: vec![rate],
+                pinned: p.pinned.contains(&o.source),
+            });
+        }
         let Some(p) = self.participants.get_mut(&key) else {
             return;
         };
         // str0m's estimate counts where the link shows queueing (see `congestion`).
-        let wanted: u64 = demands
-            .iter()
-            .map(|d| d.layers.iter().max().copied().unwrap_or(0))
-            .sum();
-        // What flows now, at today's rates.
-        let flowing: u64 = demands
-            .iter()
-            .filter(|d| p.outs.iter().any(|o| o.source == d.key && o.forwarding))
-            .map(|d| d.layers.first().copied().unwrap_or(0))
-            .sum();
         let raw_estimate = estimate;
-        let estimate = p.gate.effective_estimate(
-            now,
-            estimate,
-            p.subscriber.counters.link.rtt_ms,
-            flowing,
-            wanted,
-        );
-        let allocation = p.allocator.allocate(now, estimate, &demands);
         let rtt = p.subscriber.counters.link.rtt_ms;
+        let estimate = p
+            .gate
+            .effective_estimate(now, estimate, rtt, flowing, wanted);
+        let allocation = p.allocator.allocate(now, estimate, &demands);
         debug!(participant = %p.id, raw_estimate, flowing, estimate, ?rtt, ?demands, ?allocation, "allocation");
         let mut resumed = Vec::new();
         for d in &allocation.decisions {
@@ -968,14 +962,8 @@ impl Engine {
                     return;
                 };
                 match bwe {
-                    BweKind::Twcc { estimate, .. } => p.estimate_bps = Some(estimate.as_u64()),
-                    // REMB only when the client gives no TWCC feedback.
-                    BweKind::Remb { estimate, .. } => {
-                        p.remb_bps = Some(estimate.as_u64());
-                        if p.estimate_bps.is_none() || p.remb_bps == p.estimate_bps {
-                            p.estimate_bps = p.remb_bps;
-                        }
-                    }
+                    BweKind::Twcc { estimate, .. } => p.twcc_bps = Some(estimate.as_u64()),
+                    BweKind::Remb { estimate, .. } => p.remb_bps = Some(estimate.as_u64()),
                     _ => {}
                 }
                 self.allocate(now, key.0);

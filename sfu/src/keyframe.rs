@@ -1,6 +1,7 @@
 //! Is this RTP packet the start of a keyframe? A subscriber whose video was paused (or that
 //! switches layer) may only resume at one, or its decoder shows garbage until the next.
 
+use consult_protocol::vp8::vp8_starts_keyframe;
 use str0m::format::Codec;
 
 /// Whether `payload` (an RTP payload of `codec`) starts a keyframe.
@@ -10,33 +11,6 @@ pub fn starts_keyframe(codec: Codec, payload: &[u8]) -> bool {
         Codec::H264 => h264_has_keyframe(payload),
         _ => false,
     }
-}
-
-/// RFC 7741: the payload descriptor, then the VP8 frame header whose P bit is 0 on a keyframe.
-fn vp8_starts_keyframe(p: &[u8]) -> bool {
-    let Some(&b0) = p.first() else { return false };
-    let start = b0 & 0x10 != 0;
-    let partition = b0 & 0x07;
-    if !start || partition != 0 {
-        return false;
-    }
-    let mut i = 1;
-    if b0 & 0x80 != 0 {
-        let Some(&x) = p.get(i) else { return false };
-        i += 1;
-        if x & 0x80 != 0 {
-            // Picture id: 7 or 15 bits.
-            let Some(&pid) = p.get(i) else { return false };
-            i += if pid & 0x80 != 0 { 2 } else { 1 };
-        }
-        if x & 0x40 != 0 {
-            i += 1; // TL0PICIDX
-        }
-        if x & 0x30 != 0 {
-            i += 1; // TID / KEYIDX
-        }
-    }
-    p.get(i).is_some_and(|h| h & 0x01 == 0)
 }
 
 /// RFC 6184: an IDR slice or SPS, alone, in a STAP-A, or at the start of an FU-A.
