@@ -121,6 +121,14 @@ pub struct SfuStats {
     pub datagrams_in: u64,
     /// Datagrams dropped before reaching a peer (unknown sender, not STUN/DTLS/RTP/RTCP, bad STUN).
     pub datagrams_dropped: u64,
+    /// Of those: from an address and with a STUN username no peer has.
+    pub dropped_unknown_sender: u64,
+    /// Of those: not STUN, DTLS, RTP or RTCP, or too short.
+    pub dropped_malformed: u64,
+    /// Datagrams the socket refused to send (buffer full): lost as on a congested link.
+    pub send_failures: u64,
+    /// Time from reading a datagram to each send it causes (measured by the I/O loop).
+    pub forward_delay: crate::delay::DelayHistogram,
     pub rtp_in: u64,
     pub rtp_forwarded: u64,
     pub keyframe_requests_sent: u64,

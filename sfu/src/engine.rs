@@ -194,10 +194,16 @@ impl Engine {
         self.stats.datagrams_in += 1;
         let Some(key) = self.demux.route(source, buf) else {
             self.stats.datagrams_dropped += 1;
+            if crate::demux::classify(buf) == crate::demux::DatagramKind::Garbage {
+                self.stats.dropped_malformed += 1;
+            } else {
+                self.stats.dropped_unknown_sender += 1;
+            }
             return;
         };
         let Ok(contents) = buf.try_into() else {
             self.stats.datagrams_dropped += 1;
+            self.stats.dropped_malformed += 1;
             return;
         };
         let Some(p) = self.participants.get_mut(&key.0) else {
@@ -903,7 +909,7 @@ impl Engine {
 
     fn drain(&mut self, now: Instant, tx: &mut impl Transmit) {
         while let Some(key) = self.dirty.pop() {
-            self.poll_peer(key, tx);
+            self.poll_peer(now, key, tx);
             let mut events = std::mem::take(&mut self.events);
             for (key, event) in events.drain(..) {
                 self.handle_event(now, key, event);
@@ -912,7 +918,7 @@ impl Engine {
         }
     }
 
-    fn poll_peer(&mut self, key: PeerKey, tx: &mut impl Transmit) {
+    fn poll_peer(&mut self, now: Instant, key: PeerKey, tx: &mut impl Transmit) {
         let Some(p) = self.participants.get_mut(&key.0) else {
             return;
         };
@@ -920,6 +926,11 @@ impl Engine {
             PeerTarget::Publisher => &mut p.publisher,
             PeerTarget::Subscriber => &mut p.subscriber,
         };
+        // str0m queues a written packet behind its pacer and asks for a timeout at `now`:
+        // feeding it at once sends forwarded media in this turn rather than the next one
+        // (which also spares a pass over every peer in `handle_timeout`). Bounded, in case a
+        // peer keeps asking for `now`.
+        let mut due_feeds = 2;
         loop {
             match peer.rtc.poll_output() {
                 Ok(Output::Transmit(t)) => {
@@ -929,6 +940,13 @@ impl Engine {
                 }
                 Ok(Output::Timeout(t)) => {
                     peer.next_timeout = t;
+                    if t <= now && due_feeds > 0 {
+                        due_feeds -= 1;
+                        if let Err(e) = peer.rtc.handle_input(Input::Timeout(now)) {
+                            debug!(participant = %p.id, "timeout rejected: {e}");
+                        }
+                        continue;
+                    }
                     break;
                 }
                 Ok(Output::Event(e)) => self.events.push((key, e)),

@@ -13,6 +13,7 @@
 pub mod allocator;
 pub mod api;
 pub mod congestion;
+pub mod delay;
 mod demux;
 pub mod engine;
 mod keyframe;

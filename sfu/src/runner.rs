@@ -1,6 +1,7 @@
 //! The I/O shell around [`Engine`]: one tokio task owning the UDP socket and the clock.
 
 use crate::api::{Command, SfuHandle};
+use crate::delay::DelayHistogram;
 use crate::engine::Engine;
 use std::io;
 use std::net::SocketAddr;
@@ -80,28 +81,39 @@ async fn run(
     mut commands: mpsc::UnboundedReceiver<Command>,
 ) {
     let mut buf = vec![0u8; 2048];
-    // Sends never wait: a full socket buffer drops the datagram, as the network would.
-    let mut send = |to: SocketAddr, data: &[u8]| {
-        if let Err(e) = socket.try_send_to(data, to) {
-            if e.kind() != io::ErrorKind::WouldBlock {
-                warn!(%to, "UDP send failed: {e}");
-            }
-        }
-    };
+    // Measured here, not in the engine (which has no clock): time inside the SFU, and sends
+    // the socket refused.
+    let mut io = IoStats::default();
     loop {
         let deadline = engine.next_timeout(Instant::now());
         // A panic on one input (a bug met by a strange packet or SDP) is contained: it is
         // logged and the loop goes on serving every other consultation.
         tokio::select! {
             r = socket.recv_from(&mut buf) => match r {
-                Ok((n, source)) => contain("datagram", || {
-                    engine.handle_datagram(Instant::now(), source, &buf[..n], &mut send)
-                }),
+                Ok((n, source)) => {
+                    let received = Instant::now();
+                    let mut send = |to: SocketAddr, data: &[u8]| {
+                        io.send(&socket, to, data);
+                        io.forward_delay.record(received.elapsed());
+                    };
+                    contain("datagram", || {
+                        engine.handle_datagram(received, source, &buf[..n], &mut send)
+                    })
+                }
                 // ICMP port unreachable and the like surface here on some systems: not fatal.
                 Err(e) => warn!("UDP receive failed: {e}"),
             },
             cmd = commands.recv() => match cmd {
-                Some(cmd) => contain("command", || engine.handle_command(Instant::now(), cmd, &mut send)),
+                Some(Command::Stats { reply }) => {
+                    let mut stats = engine.stats();
+                    stats.send_failures = io.send_failures;
+                    stats.forward_delay = io.forward_delay.clone();
+                    let _ = reply.send(stats);
+                }
+                Some(cmd) => {
+                    let mut send = |to: SocketAddr, data: &[u8]| io.send(&socket, to, data);
+                    contain("command", || engine.handle_command(Instant::now(), cmd, &mut send))
+                }
                 None => {
                     info!("SFU stopping: no more handles");
                     return;
@@ -111,7 +123,26 @@ async fn run(
         }
         let now = Instant::now();
         if engine.next_timeout(now) <= now {
+            let mut send = |to: SocketAddr, data: &[u8]| io.send(&socket, to, data);
             contain("timeout", || engine.handle_timeout(now, &mut send));
+        }
+    }
+}
+
+#[derive(Default)]
+struct IoStats {
+    send_failures: u64,
+    forward_delay: DelayHistogram,
+}
+
+impl IoStats {
+    /// Sends never wait: a full socket buffer drops the datagram, as the network would.
+    fn send(&mut self, socket: &UdpSocket, to: SocketAddr, data: &[u8]) {
+        if let Err(e) = socket.try_send_to(data, to) {
+            self.send_failures += 1;
+            if e.kind() != io::ErrorKind::WouldBlock {
+                warn!(%to, "UDP send failed: {e}");
+            }
         }
     }
 }

@@ -50,7 +50,7 @@ impl Metrics {
         .expect("valid metric");
         r.register(Box::new(participants.clone()))
             .expect("unique metric");
-        let counter_defs: [(&str, &str, ReadCounter); 11] = [
+        let counter_defs: [(&str, &str, ReadCounter); 14] = [
             (
                 "consult_sfu_datagrams_in_total",
                 "UDP datagrams received",
@@ -105,6 +105,21 @@ impl Metrics {
                 "consult_sfu_packets_out_total",
                 "Media packets sent to subscribers (with retransmissions)",
                 |s| s.media.egress.packets,
+            ),
+            (
+                "consult_sfu_dropped_unknown_sender_total",
+                "Datagrams dropped: from an address or STUN username no peer has",
+                |s| s.dropped_unknown_sender,
+            ),
+            (
+                "consult_sfu_dropped_malformed_total",
+                "Datagrams dropped: not STUN, DTLS, RTP or RTCP",
+                |s| s.dropped_malformed,
+            ),
+            (
+                "consult_sfu_send_failures_total",
+                "Datagrams the UDP socket refused to send (buffer full)",
+                |s| s.send_failures,
             ),
         ];
         let counters = counter_defs
@@ -225,8 +240,31 @@ impl Metrics {
         }
         let mut out = Vec::new();
         TextEncoder::new().encode(&self.registry.gather(), &mut out)?;
-        Ok(String::from_utf8(out)?)
+        let mut text = String::from_utf8(out)?;
+        forward_delay_histogram(&mut text, &sfu.forward_delay);
+        Ok(text)
     }
+}
+
+/// The SFU's own fixed-bucket histogram, in the Prometheus text format (the `prometheus`
+/// crate only encodes histograms it observed itself).
+fn forward_delay_histogram(out: &mut String, h: &consult_sfu::delay::DelayHistogram) {
+    use std::fmt::Write as _;
+    const NAME: &str = "consult_sfu_forward_delay_seconds";
+    let _ = writeln!(
+        out,
+        "# HELP {NAME} Time from reading a datagram to each send it causes (forwarded packets, feedback)"
+    );
+    let _ = writeln!(out, "# TYPE {NAME} histogram");
+    let mut cumulative = 0;
+    for (bound, count) in consult_sfu::delay::BOUNDS_US.iter().zip(h.counts.iter()) {
+        cumulative += count;
+        let le = *bound as f64 / 1e6;
+        let _ = writeln!(out, "{NAME}_bucket{{le=\"{le}\"}} {cumulative}");
+    }
+    let _ = writeln!(out, "{NAME}_bucket{{le=\"+Inf\"}} {}", h.count());
+    let _ = writeln!(out, "{NAME}_sum {}", h.sum_ns as f64 / 1e9);
+    let _ = writeln!(out, "{NAME}_count {}", h.count());
 }
 
 impl Default for Metrics {

@@ -337,6 +337,11 @@ async fn garbage_udp_and_bad_messages_do_not_disturb_a_running_call() {
     }
     let after = srv.server.sfu().stats().await.unwrap();
     let dropped = after.datagrams_dropped - before.datagrams_dropped;
+    // Each drop has one reason.
+    assert_eq!(
+        after.dropped_malformed + after.dropped_unknown_sender,
+        after.datagrams_dropped
+    );
     eprintln!("SFU dropped {dropped} datagrams (sent {n_garbage} garbage)");
     assert!(
         dropped >= u64::from(n_garbage) * 9 / 10,

@@ -64,6 +64,21 @@ async fn metrics_move_during_a_call() {
     let bytes = |t: &str| metric(t, "consult_sfu_bytes_out_total", "").unwrap_or(0.0);
     assert!(bytes(&second) > bytes(&first), "bytes out move");
     assert!(metric(&second, "consult_sfu_keyframe_requests_sent_total", "").unwrap() >= 1.0);
+    // Time inside the SFU: one sample per send caused by a datagram, within the last bucket.
+    let delays = |t: &str| metric(t, "consult_sfu_forward_delay_seconds_count", "").unwrap_or(0.0);
+    assert!(delays(&second) >= fwd(&second), "{second}");
+    assert_eq!(
+        metric(
+            &second,
+            "consult_sfu_forward_delay_seconds_bucket",
+            "le=\"+Inf\""
+        ),
+        Some(delays(&second))
+    );
+    assert_eq!(
+        metric(&second, "consult_sfu_send_failures_total", ""),
+        Some(0.0)
+    );
     // str0m's per-connection view: an RTT for the physician's subscriber connection.
     let rtt = metric(
         &second,
