@@ -21,7 +21,8 @@ pub async fn connect(url: &str, tls: Arc<rustls::ClientConfig>) -> anyhow::Resul
     let (ws, _) = tokio_tungstenite::connect_async_tls_with_config(
         url,
         None,
-        false,
+        // disable_nagle: small messages, latency-bound.
+        true,
         Some(tokio_tungstenite::Connector::Rustls(tls)),
     )
     .await

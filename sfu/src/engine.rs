@@ -930,7 +930,7 @@ impl Engine {
         // feeding it at once sends forwarded media in this turn rather than the next one
         // (which also spares a pass over every peer in `handle_timeout`). Bounded, in case a
         // peer keeps asking for `now`.
-        let mut due_feeds = 2;
+        let mut due_feeds = 4;
         loop {
             match peer.rtc.poll_output() {
                 Ok(Output::Transmit(t)) => {

@@ -4,6 +4,7 @@ use crate::audit::AuditLog;
 use crate::config::Config;
 use crate::hub::Hub;
 use crate::token::TokenService;
+use axum_server::accept::NoDelayAcceptor;
 use consult_sfu::{SfuConfig, SfuHandle};
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -89,11 +90,17 @@ pub async fn start(config: Config) -> anyhow::Result<RunningServer> {
             let rustls =
                 axum_server::tls_rustls::RustlsConfig::from_pem(pair.cert_pem, pair.key_pem)
                     .await?;
-            let server = axum_server::from_tcp_rustls(listener, rustls)?.handle(handle.clone());
+            // Signaling messages are small and latency-bound: no Nagle delay (it cost ~40 ms
+            // per round trip against delayed ACKs).
+            let server = axum_server::from_tcp_rustls(listener, rustls)?
+                .map(|tls| tls.acceptor(NoDelayAcceptor::new()))
+                .handle(handle.clone());
             tokio::spawn(server.serve(app));
         }
         None => {
-            let server = axum_server::from_tcp(listener)?.handle(handle.clone());
+            let server = axum_server::from_tcp(listener)?
+                .acceptor(NoDelayAcceptor::new())
+                .handle(handle.clone());
             tokio::spawn(server.serve(app));
         }
     }
