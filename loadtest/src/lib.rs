@@ -184,8 +184,13 @@ async fn sample(ctx: Arc<RunContext>, pid: Option<u32>, start: Instant) -> Vec<S
 /// The server at both ends of the measuring window.
 #[derive(Default)]
 struct WindowProbe {
-    at_start: Option<(Instant, procstat::ProcReading)>,
-    at_end: Option<(Instant, procstat::ProcReading)>,
+    /// This process's CPU ticks at both ends.
+    own: Option<(u64, u64)>,
+    udp: Option<(procstat::UdpDrops, procstat::UdpDrops)>,
+    /// When the window was probed (start, end).
+    times: Option<(Instant, Instant)>,
+    at_start: Option<procstat::ProcReading>,
+    at_end: Option<procstat::ProcReading>,
     metrics_start: Option<api::Metrics>,
     metrics_end: Option<api::Metrics>,
 }
@@ -194,9 +199,15 @@ async fn probe_window(api: api::Api, pid: Option<u32>, window: Window) -> Window
     let mut p = WindowProbe::default();
     tokio::time::sleep_until(window.from.into()).await;
     p.metrics_start = api.metrics().await.ok();
-    p.at_start = pid.and_then(procstat::read).map(|r| (Instant::now(), r));
+    let t0 = Instant::now();
+    p.at_start = pid.and_then(procstat::read);
+    let own_start = procstat::own_cpu_ticks();
+    let udp_start = procstat::udp_drops();
     tokio::time::sleep_until(window.until.into()).await;
-    p.at_end = pid.and_then(procstat::read).map(|r| (Instant::now(), r));
+    p.udp = udp_start.zip(procstat::udp_drops());
+    p.at_end = pid.and_then(procstat::read);
+    p.times = Some((t0, Instant::now()));
+    p.own = own_start.zip(procstat::own_cpu_ticks());
     p.metrics_end = api.metrics().await.ok();
     p
 }
@@ -243,6 +254,7 @@ fn build_report(
     let mut latency = latency_histogram();
     let mut by_label: Breakdown = Default::default();
     let mut by_receiver: Breakdown = Default::default();
+    let mut by_receiver_label: Breakdown = Default::default();
     let mut jitters = Vec::new();
     for o in &outcomes {
         media.tracks_published += o.sent.len();
@@ -258,6 +270,8 @@ fn build_report(
             jitters.push(r.jitter_ms());
             add_to(&mut by_label, r.label.as_str(), r);
             add_to(&mut by_receiver, o.role.as_str(), r);
+            let key = format!("{}<-{}", o.role.as_str(), r.label.as_str());
+            add_to(&mut by_receiver_label, &key, r);
         }
     }
     let pct = |lost: u64, got: u64| {
@@ -286,6 +300,7 @@ fn build_report(
     };
     media.by_label = finish(by_label);
     media.by_receiver = finish(by_receiver);
+    media.by_receiver_label = finish(by_receiver_label);
 
     let mut server = Server {
         pid,
@@ -300,8 +315,13 @@ fn build_report(
             .reduce(f64::max),
         ..Server::default()
     };
-    if let (Some((t0, a)), Some((t1, b))) = (&probe.at_start, &probe.at_end) {
-        let secs = (*t1 - *t0).as_secs_f64();
+    let window_secs = probe
+        .times
+        .map(|(t0, t1)| (t1 - t0).as_secs_f64())
+        .unwrap_or(options.duration - options.warmup)
+        .max(1e-3);
+    if let (Some(a), Some(b)) = (&probe.at_start, &probe.at_end) {
+        let secs = window_secs;
         let (cpu, busiest) = procstat::cpu_between(a, b, secs);
         server.cpu_pct = Some(cpu);
         server.busiest_thread = busiest;
@@ -310,10 +330,9 @@ fn build_report(
                 .iter()
                 .filter(|(tid, (_, t))| {
                     let before = a.threads.get(tid).map(|x| x.1).unwrap_or(0);
-                    let pct = t.saturating_sub(before) as f64
-                        / procstat::clock_ticks_per_sec()
-                        / secs.max(1e-6)
-                        * 100.0;
+                    let pct =
+                        t.saturating_sub(before) as f64 / procstat::clock_ticks_per_sec() / secs
+                            * 100.0;
                     pct > 10.0
                 })
                 .count(),
@@ -322,32 +341,35 @@ fn build_report(
             let rss = (a.rss_bytes.max(b.rss_bytes)) as f64 - r0.rss_bytes as f64;
             server.rss_kib_per_forwarded_stream = Some(rss / 1024.0 / forwarded_streams as f64);
         }
-        if let (Some(m0), Some(m1)) = (&probe.metrics_start, &probe.metrics_end) {
-            let d = |n: &str| m1.delta(m0, n);
-            let c = ServerCounters {
-                datagrams_in: d("consult_sfu_datagrams_in_total"),
-                datagrams_dropped: d("consult_sfu_datagrams_dropped_total"),
-                rtp_in: d("consult_sfu_rtp_in_total"),
-                rtp_forwarded: d("consult_sfu_rtp_forwarded_total"),
-                packets_out: d("consult_sfu_packets_out_total"),
-                nacks_received: d("consult_sfu_nacks_received_total"),
-                nacks_sent: d("consult_sfu_nacks_sent_total"),
-                plis_received: d("consult_sfu_plis_received_total"),
-                keyframe_requests_sent: d("consult_sfu_keyframe_requests_sent_total"),
-            };
-            if c.rtp_forwarded > 0.0 {
-                server.forwarded_pps = Some(c.rtp_forwarded / secs);
-                let cpu_secs = cpu / 100.0 * secs;
+    }
+    if let (Some(m0), Some(m1)) = (&probe.metrics_start, &probe.metrics_end) {
+        let d = |n: &str| m1.delta(m0, n);
+        let c = ServerCounters {
+            datagrams_in: d("consult_sfu_datagrams_in_total"),
+            datagrams_dropped: d("consult_sfu_datagrams_dropped_total"),
+            send_failures: d("consult_sfu_send_failures_total"),
+            rtp_in: d("consult_sfu_rtp_in_total"),
+            rtp_forwarded: d("consult_sfu_rtp_forwarded_total"),
+            packets_out: d("consult_sfu_packets_out_total"),
+            nacks_received: d("consult_sfu_nacks_received_total"),
+            nacks_sent: d("consult_sfu_nacks_sent_total"),
+            plis_received: d("consult_sfu_plis_received_total"),
+            keyframe_requests_sent: d("consult_sfu_keyframe_requests_sent_total"),
+        };
+        if c.rtp_forwarded > 0.0 {
+            server.forwarded_pps = Some(c.rtp_forwarded / window_secs);
+            if let Some(cpu) = server.cpu_pct {
+                let cpu_secs = cpu / 100.0 * window_secs;
                 server.cpu_us_per_forwarded_packet = Some(cpu_secs * 1e6 / c.rtp_forwarded);
             }
-            let q = |x: f64| {
-                m1.histogram_quantile(m0, "consult_sfu_forward_delay_seconds", x)
-                    .map(|s| s * 1e6)
-            };
-            server.forward_delay_us_p50 = q(0.5);
-            server.forward_delay_us_p99 = q(0.99);
-            server.counters = Some(c);
         }
+        let q = |x: f64| {
+            m1.histogram_quantile(m0, "consult_sfu_forward_delay_seconds", x)
+                .map(|s| s * 1e6)
+        };
+        server.forward_delay_us_p50 = q(0.5);
+        server.forward_delay_us_p99 = q(0.99);
+        server.counters = Some(c);
     }
 
     let plan = Plan {
@@ -380,7 +402,15 @@ fn build_report(
             )
         }),
     };
+    let loadtest_cpu_pct = probe.own.map(|(a, b)| {
+        b.saturating_sub(a) as f64 / procstat::clock_ticks_per_sec() / window_secs * 100.0
+    });
+    if let Some((a, b)) = probe.udp {
+        server.udp_receive_buffer_drops = Some(b.receive_buffer.saturating_sub(a.receive_buffer));
+        server.udp_send_buffer_drops = Some(b.send_buffer.saturating_sub(a.send_buffer));
+    }
     Report {
+        loadtest_cpu_pct,
         label: options.label.clone(),
         unix_ms: consult_client::synthetic::now_us() / 1000,
         url: options.url.clone(),

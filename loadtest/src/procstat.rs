@@ -72,6 +72,37 @@ pub fn read(pid: u32) -> Option<ProcReading> {
     })
 }
 
+/// CPU ticks this process used so far.
+pub fn own_cpu_ticks() -> Option<u64> {
+    cpu_ticks(&std::fs::read_to_string("/proc/self/stat").ok()?)
+}
+
+/// Machine-wide UDP counters (IPv4) of `/proc/net/snmp`: datagrams the kernel dropped because
+/// a socket's receive buffer was full, and sends refused for a full send buffer.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct UdpDrops {
+    pub receive_buffer: u64,
+    pub send_buffer: u64,
+}
+
+pub fn udp_drops() -> Option<UdpDrops> {
+    parse_udp_drops(&std::fs::read_to_string("/proc/net/snmp").ok()?)
+}
+
+fn parse_udp_drops(snmp: &str) -> Option<UdpDrops> {
+    let mut lines = snmp.lines().filter(|l| l.starts_with("Udp:"));
+    let names: Vec<&str> = lines.next()?.split_whitespace().collect();
+    let values: Vec<&str> = lines.next()?.split_whitespace().collect();
+    let get = |n: &str| -> Option<u64> {
+        let i = names.iter().position(|x| *x == n)?;
+        values.get(i)?.parse().ok()
+    };
+    Some(UdpDrops {
+        receive_buffer: get("RcvbufErrors")?,
+        send_buffer: get("SndbufErrors")?,
+    })
+}
+
 /// The process named `name` (as in `/proc/<pid>/comm`), if exactly one runs.
 pub fn find_by_name(name: &str) -> Option<u32> {
     let mut found = Vec::new();
@@ -120,6 +151,19 @@ mod tests {
         assert_eq!(cpu_ticks(s), Some(267));
         assert_eq!(thread_name(s), "tokio (rt) 1");
         assert_eq!(cpu_ticks("7 (x) S 1"), None);
+    }
+
+    #[test]
+    fn parses_udp_counters() {
+        let snmp = "Ip: Forwarding\nIp: 1\nUdp: InDatagrams NoPorts InErrors OutDatagrams RcvbufErrors SndbufErrors\nUdp: 10 0 7 12 7 2\nUdpLite: InDatagrams\nUdpLite: 0\n";
+        assert_eq!(
+            parse_udp_drops(snmp),
+            Some(UdpDrops {
+                receive_buffer: 7,
+                send_buffer: 2
+            })
+        );
+        assert!(udp_drops().is_some());
     }
 
     #[test]

@@ -86,12 +86,15 @@ pub struct Media {
     pub by_label: BTreeMap<String, LabelSummary>,
     /// By role of the receiver (e.g. the physician behind an impaired link).
     pub by_receiver: BTreeMap<String, LabelSummary>,
+    /// By receiver and label, keyed `physician<-stethoscope`.
+    pub by_receiver_label: BTreeMap<String, LabelSummary>,
 }
 
 #[derive(Debug, Clone, Default, Serialize)]
 pub struct ServerCounters {
     pub datagrams_in: f64,
     pub datagrams_dropped: f64,
+    pub send_failures: f64,
     pub rtp_in: f64,
     pub rtp_forwarded: f64,
     pub packets_out: f64,
@@ -125,6 +128,10 @@ pub struct Server {
     /// histogram (bucket upper bounds), µs.
     pub forward_delay_us_p50: Option<f64>,
     pub forward_delay_us_p99: Option<f64>,
+    /// Machine-wide, over the window (`/proc/net/snmp`): datagrams dropped by the kernel for a
+    /// full socket receive buffer (the SFU's or the load tester's), and refused sends.
+    pub udp_receive_buffer_drops: Option<u64>,
+    pub udp_send_buffer_drops: Option<u64>,
 }
 
 #[derive(Debug, Clone, Default, Serialize)]
@@ -161,6 +168,9 @@ pub struct Report {
     pub connect_to_media_ms: Summary,
     pub media: Media,
     pub server: Server,
+    /// The load tester's own CPU over the window, percent of one core: near the machine's
+    /// core count, the load generator (not the server) is the limit.
+    pub loadtest_cpu_pct: Option<f64>,
     pub timeline: Vec<Sample>,
 }
 
@@ -297,11 +307,27 @@ impl Report {
             opt(v.forward_delay_us_p50, 0),
             opt(v.forward_delay_us_p99, 0)
         );
+        let _ = writeln!(
+            s,
+            "  kernel UDP drops in the window (whole machine): {} receive buffer full, {} send buffer full",
+            v.udp_receive_buffer_drops
+                .map(|n| n.to_string())
+                .unwrap_or_else(|| "–".into()),
+            v.udp_send_buffer_drops
+                .map(|n| n.to_string())
+                .unwrap_or_else(|| "–".into()),
+        );
+        let _ = writeln!(
+            s,
+            "load tester CPU {} % of a core ({} cores here)",
+            opt(self.loadtest_cpu_pct, 1),
+            self.machine.cpus
+        );
         if let Some(c) = &v.counters {
             let _ = writeln!(
                 s,
-                "  window counters: rtp in {}, forwarded {}, datagrams dropped {}, NACKs in {} out {}, PLIs in {}, keyframe requests out {}",
-                c.rtp_in, c.rtp_forwarded, c.datagrams_dropped, c.nacks_received, c.nacks_sent, c.plis_received, c.keyframe_requests_sent
+                "  window counters: rtp in {}, forwarded {}, datagrams dropped {}, send failures {}, NACKs in {} out {}, PLIs in {}, keyframe requests out {}",
+                c.rtp_in, c.rtp_forwarded, c.datagrams_dropped, c.send_failures, c.nacks_received, c.nacks_sent, c.plis_received, c.keyframe_requests_sent
             );
         }
         s

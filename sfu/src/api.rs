@@ -4,7 +4,10 @@
 //! through the per-participant [`SfuEvent`] channel. Both are small enough to carry over a
 //! message bus later.
 
+use crate::router::{Router, ShardId};
+use crate::shard::ShardInput;
 use consult_protocol::{ParticipantId, PeerTarget, PublishedTrack, SubscribedTrack};
+use std::collections::HashMap;
 use tokio::sync::{mpsc, oneshot};
 
 /// Errors the SFU reports back to signaling (and so to the client).
@@ -138,6 +141,22 @@ pub struct SfuStats {
     pub peers: Vec<PeerReport>,
 }
 
+impl SfuStats {
+    /// Add another shard's counters (the datagram counters are the dispatcher's, set apart).
+    fn add(&mut self, o: &SfuStats) {
+        self.participants += o.participants;
+        self.dropped_unknown_sender += o.dropped_unknown_sender;
+        self.dropped_malformed += o.dropped_malformed;
+        self.rtp_in += o.rtp_in;
+        self.rtp_forwarded += o.rtp_forwarded;
+        self.keyframe_requests_sent += o.keyframe_requests_sent;
+        self.send_failures += o.send_failures;
+        self.media.add(&o.media);
+        self.forward_delay.add(&o.forward_delay);
+        self.peers.extend(o.peers.iter().cloned());
+    }
+}
+
 /// One connection's link, for metrics.
 #[derive(Debug, Clone, PartialEq)]
 pub struct PeerReport {
@@ -154,18 +173,131 @@ pub struct PeerReport {
 /// Cheap, cloneable handle on a running SFU.
 #[derive(Debug, Clone)]
 pub struct SfuHandle {
-    pub(crate) commands: mpsc::UnboundedSender<Command>,
-    pub(crate) local_addr: std::net::SocketAddr,
+    shared: std::sync::Arc<HandleShared>,
+    local_addr: std::net::SocketAddr,
+}
+
+#[derive(Debug)]
+struct HandleShared {
+    shards: Vec<std::sync::mpsc::Sender<ShardInput>>,
+    placement: std::sync::Mutex<Placement>,
+    router: std::sync::Arc<Router>,
+    /// Set when the last handle goes: the dispatcher then stops, and the shards after it.
+    stop: std::sync::Arc<std::sync::atomic::AtomicBool>,
+}
+
+impl Drop for HandleShared {
+    fn drop(&mut self) {
+        self.stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    }
+}
+
+/// Which shard holds each room and participant. A room lives on one shard (forwarding stays
+/// inside one engine); a new room goes to the shard with the fewest participants.
+#[derive(Debug, Default)]
+struct Placement {
+    rooms: HashMap<String, (ShardId, usize)>,
+    participants: HashMap<ParticipantId, (ShardId, String)>,
+    load: Vec<usize>,
+}
+
+impl Placement {
+    fn place(&mut self, room: &str, participant: &str) -> ShardId {
+        if let Some((shard, _)) = self.participants.get(participant) {
+            return *shard;
+        }
+        let shard = match self.rooms.get_mut(room) {
+            Some((shard, count)) => {
+                *count += 1;
+                *shard
+            }
+            None => {
+                let shard = (0..self.load.len())
+                    .min_by_key(|s| self.load[*s])
+                    .unwrap_or(0);
+                self.rooms.insert(room.to_owned(), (shard, 1));
+                shard
+            }
+        };
+        self.load[shard] += 1;
+        self.participants
+            .insert(participant.to_owned(), (shard, room.to_owned()));
+        shard
+    }
+
+    fn remove(&mut self, participant: &str) -> Option<ShardId> {
+        let (shard, room) = self.participants.remove(participant)?;
+        self.load[shard] = self.load[shard].saturating_sub(1);
+        if let Some((_, count)) = self.rooms.get_mut(&room) {
+            *count -= 1;
+            if *count == 0 {
+                self.rooms.remove(&room);
+            }
+        }
+        Some(shard)
+    }
+
+    fn of(&self, participant: &str) -> ShardId {
+        // Unknown participants go to shard 0, whose engine answers `UnknownParticipant`.
+        self.participants.get(participant).map_or(0, |p| p.0)
+    }
 }
 
 impl SfuHandle {
+    pub(crate) fn new(
+        local_addr: std::net::SocketAddr,
+        shards: Vec<std::sync::mpsc::Sender<ShardInput>>,
+        router: std::sync::Arc<Router>,
+        stop: std::sync::Arc<std::sync::atomic::AtomicBool>,
+    ) -> SfuHandle {
+        let placement = Placement {
+            load: vec![0; shards.len()],
+            ..Placement::default()
+        };
+        SfuHandle {
+            shared: std::sync::Arc::new(HandleShared {
+                shards,
+                placement: std::sync::Mutex::new(placement),
+                router,
+                stop,
+            }),
+            local_addr,
+        }
+    }
+
     /// The address the SFU's UDP socket is bound to.
     pub fn local_addr(&self) -> std::net::SocketAddr {
         self.local_addr
     }
 
+    /// Route a command to the shard of its room or participant.
     fn send(&self, cmd: Command) -> Result<(), SfuError> {
-        self.commands.send(cmd).map_err(|_| SfuError::Stopped)
+        let shard = {
+            let mut p = self
+                .shared
+                .placement
+                .lock()
+                .map_err(|_| SfuError::Stopped)?;
+            match &cmd {
+                Command::Join {
+                    room, participant, ..
+                } => p.place(room, participant),
+                Command::Leave { participant } => match p.remove(participant) {
+                    Some(shard) => shard,
+                    None => return Ok(()),
+                },
+                Command::PublishOffer { participant, .. }
+                | Command::SubscriberAnswer { participant, .. }
+                | Command::Candidate { participant, .. }
+                | Command::IceRestart { participant }
+                | Command::Pin { participant, .. }
+                | Command::Tap { participant, .. } => p.of(participant),
+                Command::Stats { .. } => 0,
+            }
+        };
+        self.shared.shards[shard]
+            .send(ShardInput::Command(cmd))
+            .map_err(|_| SfuError::Stopped)
     }
 
     // Each call enqueues its command before returning, so commands reach the SFU in call
@@ -284,9 +416,54 @@ impl SfuHandle {
         });
     }
 
+    /// Counters of every shard, added up.
     pub async fn stats(&self) -> Result<SfuStats, SfuError> {
-        let (reply, rx) = oneshot::channel();
-        self.send(Command::Stats { reply })?;
-        rx.await.map_err(|_| SfuError::Stopped)
+        let mut replies = Vec::with_capacity(self.shared.shards.len());
+        for shard in &self.shared.shards {
+            let (reply, rx) = oneshot::channel();
+            shard
+                .send(ShardInput::Command(Command::Stats { reply }))
+                .map_err(|_| SfuError::Stopped)?;
+            replies.push(rx);
+        }
+        let mut total = SfuStats::default();
+        for rx in replies {
+            total.add(&rx.await.map_err(|_| SfuError::Stopped)?);
+        }
+        // The dispatcher sees every datagram first and drops what no shard owns.
+        use std::sync::atomic::Ordering::Relaxed;
+        let r = &self.shared.router;
+        total.datagrams_in = r.datagrams_in.load(Relaxed);
+        total.dropped_unknown_sender += r.dropped_unknown_sender.load(Relaxed);
+        total.dropped_malformed += r.dropped_malformed.load(Relaxed);
+        total.datagrams_dropped = total.dropped_unknown_sender + total.dropped_malformed;
+        Ok(total)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn rooms_stay_on_one_shard_and_new_rooms_go_to_the_least_loaded() {
+        let mut p = Placement {
+            load: vec![0, 0],
+            ..Placement::default()
+        };
+        let a = p.place("A", "a1");
+        assert_eq!(p.place("A", "a2"), a);
+        let b = p.place("B", "b1");
+        assert_ne!(a, b, "the empty shard takes the new room");
+        assert_eq!(p.place("A", "a1"), a, "a rejoin is not counted twice");
+        assert_eq!(p.load[a], 2);
+        assert_eq!(p.remove("a1"), Some(a));
+        assert_eq!(p.remove("a2"), Some(a));
+        assert_eq!(p.remove("a2"), None);
+        assert!(!p.rooms.contains_key("A"), "an empty room is forgotten");
+        assert_eq!(p.of("b1"), b);
+        assert_eq!(p.of("nobody"), 0);
+        // A is gone: its shard is empty again and takes the next room.
+        assert_eq!(p.place("C", "c1"), a);
     }
 }

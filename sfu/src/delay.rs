@@ -27,6 +27,13 @@ impl DelayHistogram {
         self.sum_ns = self.sum_ns.saturating_add(d.as_nanos() as u64);
     }
 
+    pub fn add(&mut self, other: &DelayHistogram) {
+        for (a, b) in self.counts.iter_mut().zip(other.counts.iter()) {
+            *a += b;
+        }
+        self.sum_ns = self.sum_ns.saturating_add(other.sum_ns);
+    }
+
     pub fn count(&self) -> u64 {
         self.counts.iter().sum()
     }

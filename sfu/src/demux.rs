@@ -5,8 +5,10 @@
 //! learned only once the peer has answered a STUN request from it, which str0m does only
 //! after the request's MESSAGE-INTEGRITY checked out.
 
+use crate::router::{Router, ShardId};
 use std::collections::HashMap;
 use std::net::SocketAddr;
+use std::sync::Arc;
 use str0m::ice::StunMessage;
 
 /// A peer: the participant's key and which of its two connections.
@@ -44,10 +46,23 @@ pub fn stun_local_ufrag(buf: &[u8]) -> Option<&str> {
 pub struct Demux {
     by_ufrag: HashMap<String, PeerKey>,
     by_addr: HashMap<SocketAddr, PeerKey>,
+    /// The dispatcher's table, when this engine is one shard of several: our ufrags are
+    /// registered there so that STUN for them reaches this shard.
+    shared: Option<(Arc<Router>, ShardId)>,
 }
 
 impl Demux {
+    pub fn shared(router: Arc<Router>, shard: ShardId) -> Demux {
+        Demux {
+            shared: Some((router, shard)),
+            ..Demux::default()
+        }
+    }
+
     pub fn add_peer(&mut self, ufrag: String, key: PeerKey) {
+        if let Some((r, shard)) = &self.shared {
+            r.add_ufrag(&ufrag, *shard);
+        }
         self.by_ufrag.insert(ufrag, key);
     }
 
@@ -55,13 +70,26 @@ impl Demux {
     pub fn rename_peer(&mut self, old: &str, new: String, key: PeerKey) {
         if self.by_ufrag.get(old) == Some(&key) {
             self.by_ufrag.remove(old);
+            if let Some((r, shard)) = &self.shared {
+                r.remove_ufrag(old, *shard);
+            }
         }
-        self.by_ufrag.insert(new, key);
+        self.add_peer(new, key);
     }
 
     pub fn remove_peer(&mut self, ufrag: &str, key: PeerKey) {
         self.by_ufrag.remove(ufrag);
-        self.by_addr.retain(|_, k| *k != key);
+        let shared = &self.shared;
+        if let Some((r, shard)) = shared {
+            r.remove_ufrag(ufrag, *shard);
+        }
+        self.by_addr.retain(|addr, k| {
+            let keep = *k != key;
+            if let (false, Some((r, shard))) = (keep, shared) {
+                r.forget_addr(addr, *shard);
+            }
+            keep
+        });
     }
 
     /// Called for every datagram a peer sends: its destination is a verified address.

@@ -128,12 +128,31 @@ pub struct Engine {
 impl Engine {
     /// An engine whose peers all advertise `candidate_addr` (the one UDP port).
     pub fn new(candidate_addr: SocketAddr, downlink_estimation: bool) -> Engine {
+        Engine::with_demux(candidate_addr, downlink_estimation, Demux::default())
+    }
+
+    /// One shard of several: its peers' ICE ufrags are registered with the dispatcher's
+    /// `router` under `shard`.
+    pub fn shard(
+        candidate_addr: SocketAddr,
+        downlink_estimation: bool,
+        router: std::sync::Arc<crate::router::Router>,
+        shard: crate::router::ShardId,
+    ) -> Engine {
+        Engine::with_demux(
+            candidate_addr,
+            downlink_estimation,
+            Demux::shared(router, shard),
+        )
+    }
+
+    fn with_demux(candidate_addr: SocketAddr, downlink_estimation: bool, demux: Demux) -> Engine {
         Engine {
             candidate_addr,
             participants: HashMap::new(),
             ids: HashMap::new(),
             rooms: HashMap::new(),
-            demux: Demux::default(),
+            demux,
             next_key: 1,
             stats: SfuStats::default(),
             departed: MediaTotals::default(),

@@ -18,7 +18,9 @@ mod demux;
 pub mod engine;
 mod keyframe;
 mod peer;
+pub mod router;
 pub mod runner;
+mod shard;
 pub mod stats;
 mod track;
 

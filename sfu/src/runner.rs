@@ -1,14 +1,17 @@
-//! The I/O shell around [`Engine`]: one tokio task owning the UDP socket and the clock.
+//! The I/O shell around the engines: the UDP socket, a dispatcher thread reading it, and one
+//! shard thread per core, each owning an [`Engine`] and whole rooms (see [`crate::router`]).
 
-use crate::api::{Command, SfuHandle};
-use crate::delay::DelayHistogram;
+use crate::api::SfuHandle;
 use crate::engine::Engine;
+use crate::router::Router;
+use crate::shard::{self, ShardInput};
 use std::io;
 use std::net::SocketAddr;
-use std::time::Instant;
-use tokio::net::UdpSocket;
-use tokio::sync::mpsc;
-use tracing::{error, info, warn};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::mpsc::Sender;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+use tracing::{info, warn};
 
 /// Configuration of the media plane.
 #[derive(Debug, Clone)]
@@ -20,6 +23,8 @@ pub struct SfuConfig {
     pub public_addr: Option<SocketAddr>,
     /// Estimate subscribers' downlinks (str0m BWE) and run the allocator.
     pub downlink_estimation: bool,
+    /// Shard threads (each owns whole rooms); `None`: one per core.
+    pub threads: Option<usize>,
 }
 
 impl Default for SfuConfig {
@@ -28,14 +33,18 @@ impl Default for SfuConfig {
             bind: SocketAddr::from(([127, 0, 0, 1], 0)),
             public_addr: None,
             downlink_estimation: false,
+            threads: None,
         }
     }
 }
 
-/// Bind the socket and spawn the media loop on the current tokio runtime.
+/// Bind the socket and start the dispatcher and shard threads.
 pub async fn start(config: SfuConfig) -> io::Result<SfuHandle> {
-    let socket = UdpSocket::bind(config.bind).await?;
-    let local = socket.local_addr()?;
+    let socket = bind_udp(config.bind)?;
+    let local = socket
+        .local_addr()?
+        .as_socket()
+        .ok_or_else(|| io::Error::other("UDP socket without an IP address"))?;
     let advertised = match config.public_addr {
         Some(mut a) => {
             if a.port() == 0 {
@@ -51,98 +60,101 @@ pub async fn start(config: SfuConfig) -> io::Result<SfuHandle> {
         }
         None => local,
     };
-    let (commands, rx) = mpsc::unbounded_channel();
-    info!(%local, %advertised, "SFU listening on UDP");
-    tokio::spawn(run(
-        socket,
-        Engine::new(advertised, config.downlink_estimation),
-        rx,
-    ));
-    Ok(SfuHandle {
-        commands,
-        local_addr: local,
-    })
-}
-
-fn contain(what: &str, f: impl FnOnce()) {
-    if let Err(panic) = std::panic::catch_unwind(std::panic::AssertUnwindSafe(f)) {
-        let msg = panic
-            .downcast_ref::<&str>()
-            .map(|s| s.to_string())
-            .or_else(|| panic.downcast_ref::<String>().cloned())
-            .unwrap_or_default();
-        error!("SFU recovered from a panic while handling a {what}: {msg}");
+    let threads = config
+        .threads
+        .filter(|n| *n > 0)
+        .unwrap_or_else(|| std::thread::available_parallelism().map_or(1, |n| n.get()));
+    let router = Arc::new(Router::default());
+    let mut inputs = Vec::with_capacity(threads);
+    for id in 0..threads {
+        let (tx, rx) = std::sync::mpsc::channel();
+        let engine = Engine::shard(advertised, config.downlink_estimation, router.clone(), id);
+        let socket = socket.try_clone()?;
+        std::thread::Builder::new()
+            .name(format!("sfu-shard-{id}"))
+            .spawn(move || shard::run(engine, socket, rx))?;
+        inputs.push(tx);
     }
+    let stop = Arc::new(AtomicBool::new(false));
+    {
+        let (router, inputs, stop) = (router.clone(), inputs.clone(), stop.clone());
+        std::thread::Builder::new()
+            .name("sfu-dispatch".into())
+            .spawn(move || dispatch(socket, router, inputs, stop))?;
+    }
+    info!(%local, %advertised, threads, "SFU listening on UDP");
+    Ok(SfuHandle::new(local, inputs, router, stop))
 }
 
-async fn run(
-    socket: UdpSocket,
-    mut engine: Engine,
-    mut commands: mpsc::UnboundedReceiver<Command>,
+/// Socket buffers asked for: one socket carries every consultation, and a few milliseconds of
+/// scheduling delay at tens of thousands of packets per second overflow the kernel default
+/// (~208 KiB). The kernel caps the request at `net.core.rmem_max` / `wmem_max`.
+const SOCKET_BUFFER_BYTES: usize = 8 << 20;
+
+/// How often the dispatcher looks up from a quiet socket to see whether the SFU was dropped.
+const STOP_CHECK: Duration = Duration::from_millis(200);
+
+fn bind_udp(addr: SocketAddr) -> io::Result<socket2::Socket> {
+    use socket2::{Domain, Protocol, Socket, Type};
+    let socket = Socket::new(Domain::for_address(addr), Type::DGRAM, Some(Protocol::UDP))?;
+    for (what, r) in [
+        ("receive", socket.set_recv_buffer_size(SOCKET_BUFFER_BYTES)),
+        ("send", socket.set_send_buffer_size(SOCKET_BUFFER_BYTES)),
+    ] {
+        if let Err(e) = r {
+            warn!("UDP {what} buffer not enlarged: {e}");
+        }
+    }
+    socket.bind(&addr.into())?;
+    socket.set_read_timeout(Some(STOP_CHECK))?;
+    info!(
+        receive = socket.recv_buffer_size().unwrap_or(0),
+        send = socket.send_buffer_size().unwrap_or(0),
+        "UDP socket buffers"
+    );
+    Ok(socket)
+}
+
+/// Read the socket and hand each datagram to its shard, until the SFU handle is dropped.
+fn dispatch(
+    socket: socket2::Socket,
+    router: Arc<Router>,
+    shards: Vec<Sender<ShardInput>>,
+    stop: Arc<AtomicBool>,
 ) {
+    let socket: std::net::UdpSocket = socket.into();
     let mut buf = vec![0u8; 2048];
-    // Measured here, not in the engine (which has no clock): time inside the SFU, and sends
-    // the socket refused.
-    let mut io = IoStats::default();
-    loop {
-        let deadline = engine.next_timeout(Instant::now());
-        // A panic on one input (a bug met by a strange packet or SDP) is contained: it is
-        // logged and the loop goes on serving every other consultation.
-        tokio::select! {
-            r = socket.recv_from(&mut buf) => match r {
-                Ok((n, source)) => {
-                    let received = Instant::now();
-                    let mut send = |to: SocketAddr, data: &[u8]| {
-                        io.send(&socket, to, data);
-                        io.forward_delay.record(received.elapsed());
-                    };
-                    contain("datagram", || {
-                        engine.handle_datagram(received, source, &buf[..n], &mut send)
-                    })
-                }
-                // ICMP port unreachable and the like surface here on some systems: not fatal.
-                Err(e) => warn!("UDP receive failed: {e}"),
-            },
-            cmd = commands.recv() => match cmd {
-                Some(Command::Stats { reply }) => {
-                    let mut stats = engine.stats();
-                    stats.send_failures = io.send_failures;
-                    stats.forward_delay = io.forward_delay.clone();
-                    let _ = reply.send(stats);
-                }
-                Some(cmd) => {
-                    let mut send = |to: SocketAddr, data: &[u8]| io.send(&socket, to, data);
-                    contain("command", || engine.handle_command(Instant::now(), cmd, &mut send))
-                }
-                None => {
-                    info!("SFU stopping: no more handles");
-                    return;
-                }
-            },
-            _ = tokio::time::sleep_until(deadline.into()) => {}
-        }
-        let now = Instant::now();
-        if engine.next_timeout(now) <= now {
-            let mut send = |to: SocketAddr, data: &[u8]| io.send(&socket, to, data);
-            contain("timeout", || engine.handle_timeout(now, &mut send));
-        }
-    }
-}
-
-#[derive(Default)]
-struct IoStats {
-    send_failures: u64,
-    forward_delay: DelayHistogram,
-}
-
-impl IoStats {
-    /// Sends never wait: a full socket buffer drops the datagram, as the network would.
-    fn send(&mut self, socket: &UdpSocket, to: SocketAddr, data: &[u8]) {
-        if let Err(e) = socket.try_send_to(data, to) {
-            self.send_failures += 1;
-            if e.kind() != io::ErrorKind::WouldBlock {
-                warn!(%to, "UDP send failed: {e}");
+    while !stop.load(Ordering::Relaxed) {
+        let (n, source) = match socket.recv_from(&mut buf) {
+            Ok(r) => r,
+            Err(e)
+                if matches!(
+                    e.kind(),
+                    io::ErrorKind::WouldBlock
+                        | io::ErrorKind::TimedOut
+                        | io::ErrorKind::Interrupted
+                ) =>
+            {
+                continue
             }
+            // ICMP port unreachable and the like surface here on some systems: not fatal.
+            Err(e) => {
+                warn!("UDP receive failed: {e}");
+                continue;
+            }
+        };
+        let received = Instant::now();
+        let Some(shard) = router.route(source, &buf[..n]) else {
+            continue;
+        };
+        let input = ShardInput::Datagram {
+            source,
+            data: buf[..n].to_vec(),
+            received,
+        };
+        if shards[shard].send(input).is_err() {
+            return;
         }
     }
+    info!("SFU stopping: no more handles");
 }

@@ -110,6 +110,11 @@ pub struct MediaTotals {
 }
 
 impl MediaTotals {
+    pub fn add(&mut self, other: &MediaTotals) {
+        self.ingress.add(&other.ingress);
+        self.egress.add(&other.egress);
+    }
+
     pub fn add_peer(&mut self, p: &PeerCounters) {
         self.ingress.add(&p.ingress_total());
         self.egress.add(&p.egress_total());

@@ -40,6 +40,8 @@ pub struct Config {
     /// feedback that sinks str0m's estimate on healthy links, and the pacer then holds
     /// their video back (see the bandwidth issue's notes).
     pub downlink_estimation: bool,
+    /// Media-plane threads, each owning whole rooms (0: one per core).
+    pub sfu_threads: usize,
 }
 
 impl Default for Config {
@@ -58,6 +60,7 @@ impl Default for Config {
             token_ttl_secs: 4 * 3600,
             recording_key: None,
             downlink_estimation: false,
+            sfu_threads: 0,
         }
     }
 }

@@ -45,6 +45,9 @@ struct Cli {
     /// Estimate subscribers' downlinks and pause video (audio first) when a link is short.
     #[arg(long, env = "CONSULT_DOWNLINK_ESTIMATION")]
     downlink_estimation: bool,
+    /// Media-plane threads, each owning whole rooms (default: one per core).
+    #[arg(long, env = "CONSULT_SFU_THREADS")]
+    sfu_threads: Option<usize>,
     #[command(subcommand)]
     command: Option<Cmd>,
 }
@@ -129,6 +132,9 @@ fn config(cli: &Cli) -> anyhow::Result<Config> {
     }
     if cli.downlink_estimation {
         c.downlink_estimation = true;
+    }
+    if let Some(n) = cli.sfu_threads {
+        c.sfu_threads = n;
     }
     Ok(c)
 }

@@ -50,6 +50,7 @@ pub async fn start(config: Config) -> anyhow::Result<RunningServer> {
         bind: config.udp_bind,
         public_addr: config.public_ip.map(|ip| SocketAddr::new(ip, 0)),
         downlink_estimation: config.downlink_estimation,
+        threads: Some(config.sfu_threads).filter(|n| *n > 0),
     })
     .await?;
     let audit = AuditLog::open(&config.audit_db())?;
