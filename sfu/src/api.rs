@@ -179,10 +179,10 @@ pub struct SfuHandle {
 
 #[derive(Debug)]
 struct HandleShared {
-    shards: Vec<std::sync::mpsc::Sender<ShardInput>>,
+    shards: Vec<mpsc::UnboundedSender<ShardInput>>,
     placement: std::sync::Mutex<Placement>,
     router: std::sync::Arc<Router>,
-    /// Set when the last handle goes: the dispatcher then stops, and the shards after it.
+    /// Set when the last handle goes: the shards then stop.
     stop: std::sync::Arc<std::sync::atomic::AtomicBool>,
 }
 
@@ -246,7 +246,7 @@ impl Placement {
 impl SfuHandle {
     pub(crate) fn new(
         local_addr: std::net::SocketAddr,
-        shards: Vec<std::sync::mpsc::Sender<ShardInput>>,
+        shards: Vec<mpsc::UnboundedSender<ShardInput>>,
         router: std::sync::Arc<Router>,
         stop: std::sync::Arc<std::sync::atomic::AtomicBool>,
     ) -> SfuHandle {
@@ -430,7 +430,7 @@ impl SfuHandle {
         for rx in replies {
             total.add(&rx.await.map_err(|_| SfuError::Stopped)?);
         }
-        // The dispatcher sees every datagram first and drops what no shard owns.
+        // Every datagram is routed first, and what no shard owns is dropped there.
         use std::sync::atomic::Ordering::Relaxed;
         let r = &self.shared.router;
         total.datagrams_in = r.datagrams_in.load(Relaxed);

@@ -1,6 +1,6 @@
 //! Which shard a datagram belongs to. The SFU runs one engine per shard (thread), each owning
-//! whole rooms; one dispatcher thread reads the one UDP port and hands each datagram to its
-//! shard. STUN is routed by our ICE username fragment (each shard registers the ufrags of its
+//! whole rooms; whichever shard reads a datagram from the one UDP port looks its owner up
+//! here. STUN is routed by our ICE username fragment (each shard registers the ufrags of its
 //! peers here); everything else by the source address, learned from the STUN that came first.
 
 use crate::demux::{classify, stun_local_ufrag, DatagramKind};

@@ -1,16 +1,15 @@
-//! The I/O shell around the engines: the UDP socket, a dispatcher thread reading it, and one
-//! shard thread per core, each owning an [`Engine`] and whole rooms (see [`crate::router`]).
+//! The I/O shell around the engines: the UDP socket and one shard thread per core, each
+//! owning an [`Engine`] and whole rooms (see [`crate::shard`] and [`crate::router`]).
 
 use crate::api::SfuHandle;
 use crate::engine::Engine;
 use crate::router::Router;
-use crate::shard::{self, ShardInput};
+use crate::shard::{self, Shard};
 use std::io;
 use std::net::SocketAddr;
-use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::mpsc::Sender;
+use std::sync::atomic::AtomicBool;
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use tokio::sync::mpsc;
 use tracing::{info, warn};
 
 /// Configuration of the media plane.
@@ -40,7 +39,10 @@ impl Default for SfuConfig {
 
 /// Bind the socket and start the dispatcher and shard threads.
 pub async fn start(config: SfuConfig) -> io::Result<SfuHandle> {
-    let socket = bind_udp(config.bind)?;
+    // SO_REUSEPORT would let a second server on the same port silently share the traffic:
+    // claim the port without it first, so that a port in use is an error as usual.
+    let port = std::net::UdpSocket::bind(config.bind)?.local_addr()?.port();
+    let socket = bind_udp(SocketAddr::new(config.bind.ip(), port), true)?;
     let local = socket
         .local_addr()?
         .as_socket()
@@ -65,25 +67,31 @@ pub async fn start(config: SfuConfig) -> io::Result<SfuHandle> {
         .filter(|n| *n > 0)
         .unwrap_or_else(|| std::thread::available_parallelism().map_or(1, |n| n.get()));
     let router = Arc::new(Router::default());
-    let mut inputs = Vec::with_capacity(threads);
-    for id in 0..threads {
-        let (tx, rx) = std::sync::mpsc::channel();
-        let engine = Engine::shard(advertised, config.downlink_estimation, router.clone(), id);
-        let socket = socket.try_clone()?;
+    let stop = Arc::new(AtomicBool::new(false));
+    let (senders, receivers): (Vec<_>, Vec<_>) =
+        (0..threads).map(|_| mpsc::unbounded_channel()).unzip();
+    for (id, inputs) in receivers.into_iter().enumerate() {
+        let shard = Shard {
+            id,
+            engine: Engine::shard(advertised, config.downlink_estimation, router.clone(), id),
+            router: router.clone(),
+            peers: senders.clone(),
+            inputs,
+            stop: stop.clone(),
+        };
+        // One socket per shard on the same port (SO_REUSEPORT): the kernel spreads clients
+        // across them by address, and wakes one shard per datagram.
+        let socket: std::net::UdpSocket = if id == 0 {
+            socket.try_clone()?.into()
+        } else {
+            bind_udp(local, false)?.into()
+        };
         std::thread::Builder::new()
             .name(format!("sfu-shard-{id}"))
-            .spawn(move || shard::run(engine, socket, rx))?;
-        inputs.push(tx);
-    }
-    let stop = Arc::new(AtomicBool::new(false));
-    {
-        let (router, inputs, stop) = (router.clone(), inputs.clone(), stop.clone());
-        std::thread::Builder::new()
-            .name("sfu-dispatch".into())
-            .spawn(move || dispatch(socket, router, inputs, stop))?;
+            .spawn(move || shard::run(shard, socket))?;
     }
     info!(%local, %advertised, threads, "SFU listening on UDP");
-    Ok(SfuHandle::new(local, inputs, router, stop))
+    Ok(SfuHandle::new(local, senders, router, stop))
 }
 
 /// Socket buffers asked for: one socket carries every consultation, and a few milliseconds of
@@ -91,12 +99,10 @@ pub async fn start(config: SfuConfig) -> io::Result<SfuHandle> {
 /// (~208 KiB). The kernel caps the request at `net.core.rmem_max` / `wmem_max`.
 const SOCKET_BUFFER_BYTES: usize = 8 << 20;
 
-/// How often the dispatcher looks up from a quiet socket to see whether the SFU was dropped.
-const STOP_CHECK: Duration = Duration::from_millis(200);
-
-fn bind_udp(addr: SocketAddr) -> io::Result<socket2::Socket> {
+fn bind_udp(addr: SocketAddr, first: bool) -> io::Result<socket2::Socket> {
     use socket2::{Domain, Protocol, Socket, Type};
     let socket = Socket::new(Domain::for_address(addr), Type::DGRAM, Some(Protocol::UDP))?;
+    socket.set_reuse_port(true)?;
     for (what, r) in [
         ("receive", socket.set_recv_buffer_size(SOCKET_BUFFER_BYTES)),
         ("send", socket.set_send_buffer_size(SOCKET_BUFFER_BYTES)),
@@ -106,55 +112,14 @@ fn bind_udp(addr: SocketAddr) -> io::Result<socket2::Socket> {
         }
     }
     socket.bind(&addr.into())?;
-    socket.set_read_timeout(Some(STOP_CHECK))?;
+    socket.set_nonblocking(true)?;
+    if !first {
+        return Ok(socket);
+    }
     info!(
         receive = socket.recv_buffer_size().unwrap_or(0),
         send = socket.send_buffer_size().unwrap_or(0),
         "UDP socket buffers"
     );
     Ok(socket)
-}
-
-/// Read the socket and hand each datagram to its shard, until the SFU handle is dropped.
-fn dispatch(
-    socket: socket2::Socket,
-    router: Arc<Router>,
-    shards: Vec<Sender<ShardInput>>,
-    stop: Arc<AtomicBool>,
-) {
-    let socket: std::net::UdpSocket = socket.into();
-    let mut buf = vec![0u8; 2048];
-    while !stop.load(Ordering::Relaxed) {
-        let (n, source) = match socket.recv_from(&mut buf) {
-            Ok(r) => r,
-            Err(e)
-                if matches!(
-                    e.kind(),
-                    io::ErrorKind::WouldBlock
-                        | io::ErrorKind::TimedOut
-                        | io::ErrorKind::Interrupted
-                ) =>
-            {
-                continue
-            }
-            // ICMP port unreachable and the like surface here on some systems: not fatal.
-            Err(e) => {
-                warn!("UDP receive failed: {e}");
-                continue;
-            }
-        };
-        let received = Instant::now();
-        let Some(shard) = router.route(source, &buf[..n]) else {
-            continue;
-        };
-        let input = ShardInput::Datagram {
-            source,
-            data: buf[..n].to_vec(),
-            received,
-        };
-        if shards[shard].send(input).is_err() {
-            return;
-        }
-    }
-    info!("SFU stopping: no more handles");
 }
