@@ -15,10 +15,15 @@ import matplotlib.pyplot as plt  # noqa: E402
 
 def load(results):
     runs = {}
-    for path in sorted(glob.glob(os.path.join(results, "scale-*.json"))):
+    for path in glob.glob(os.path.join(results, "scale-*.json")):
         r = json.load(open(path))
         runs[r["label"] or os.path.basename(path)] = r
-    return runs
+
+    def order(name):
+        kind, _, n = name.rpartition("-")
+        return (kind, int(n)) if n.isdigit() else (name, 0)
+
+    return dict(sorted(runs.items(), key=lambda kv: order(kv[0])))
 
 
 def series(runs, prefix):
@@ -37,17 +42,21 @@ def table(runs):
     rows = [
         "| scenario | forwarded streams | participants ok | connect → first media p50 / p95 ms "
         "| one-way latency p50 / p99 ms | loss % | server CPU % of a core | CPU µs per forwarded packet "
-        "| forwarded packets/s | RSS KiB per stream | load tester CPU % | kernel UDP drops |",
-        "|---|---|---|---|---|---|---|---|---|---|---|---|",
+        "| in-SFU delay p50 / p99 µs | forwarded packets/s | RSS KiB per stream | load tester CPU % "
+        "| kernel UDP drops |",
+        "|---|---|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     for name, r in runs.items():
         s, m, p = r["server"], r["media"], r["participants"]
         drops = s.get("udp_receive_buffer_drops")
+        media_ms = r["connect_to_media_ms"]
+        first = "–" if media_ms["n"] == 0 else f"{fmt(media_ms['p50'], 0)} / {fmt(media_ms['p95'], 0)}"
         rows.append(
             f"| {name} | {r['plan']['forwarded_streams']} | {p['admitted'] - p['failed']}/{p['planned']} "
-            f"| {fmt(r['connect_to_media_ms']['p50'], 0)} / {fmt(r['connect_to_media_ms']['p95'], 0)} "
+            f"| {first} "
             f"| {fmt(m['latency_ms']['p50'], 2)} / {fmt(m['latency_ms']['p99'], 2)} "
             f"| {fmt(m['loss_pct'], 2)} | {fmt(s.get('cpu_pct'))} | {fmt(s.get('cpu_us_per_forwarded_packet'))} "
+            f"| ≤ {fmt(s.get('forward_delay_us_p50'), 0)} / ≤ {fmt(s.get('forward_delay_us_p99'), 0)} "
             f"| {fmt(s.get('forwarded_pps'), 0)} | {fmt(s.get('rss_kib_per_forwarded_stream'), 0)} "
             f"| {fmt(r.get('loadtest_cpu_pct'))} | {'–' if drops is None else drops} |"
         )

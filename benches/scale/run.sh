@@ -2,8 +2,8 @@
 # Macro benches driven by the load tester against a release server, a fresh one per scenario:
 #   fan-out     one cart (stethoscope + camera) → 1, 10, 50, 100 subscribers
 #   rooms       1, 10, 50 consultations of 3 (physician, cart, patient), 16 streams each
-#   link-100k   one consultation, the physician behind 100 kbit/s, 100 ms, 2 % loss
-#               (server with --downlink-estimation)
+#   link-100k   one consultation (physician, cart), the physician behind 100 kbit/s, 100 ms,
+#               2 % loss both ways (server with --downlink-estimation)
 # Writes benches/results/scale-<scenario>.json, benches/results/scale.svg and
 # benches/results/scale-summary.md (the table for benches/README.md).
 # Usage: benches/scale/run.sh [--quick] [scenario …]   (--quick: 8 s per run instead of 20)
@@ -67,7 +67,10 @@ for s in "${scenarios[@]}"; do
       stop_server ;;
     link-100k)
       start_server --downlink-estimation
-      run "$s" --rooms 1 --impair physician --impair-rate-kbps 100 --impair-delay-ms 100 \
+      # As in the scenario: the cart's stethoscope at 32 kbit/s and speech at 16, the
+      # physician sending speech only; video must give way.
+      run "$s" --rooms 1 --patients 0 --physician-tracks microphone --stethoscope-kbps 32 \
+        --microphone-kbps 16 --impair physician --impair-rate-kbps 100 --impair-delay-ms 100 \
         --impair-loss-pct 2 --impair-queue-ms 300
       stop_server ;;
     *) echo "unknown scenario $s" >&2; exit 1 ;;

@@ -7,7 +7,11 @@ use consult_loadtest::options::Options;
 async fn main() -> std::process::ExitCode {
     tracing_subscriber::fmt()
         .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "warn".into()),
+            // webrtc-rs warns about every interface it cannot gather on, for every connection:
+            // only its errors by default; failures show in the report.
+            tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| {
+                "warn,webrtc=error,webrtc_ice=error,webrtc_mdns=error,webrtc_dtls=error,webrtc_srtp=error".into()
+            }),
         )
         .with_writer(std::io::stderr)
         .init();

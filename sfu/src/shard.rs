@@ -45,17 +45,137 @@ pub(crate) struct Shard {
 struct IoStats {
     send_failures: u64,
     forward_delay: DelayHistogram,
+    /// What the engine sends while handling one input, sent together afterwards.
+    batch: SendBatch,
 }
 
 impl IoStats {
-    fn send(&mut self, socket: &UdpSocket, to: SocketAddr, data: &[u8]) {
-        if let Err(e) = socket.try_send_to(data, to) {
-            self.send_failures += 1;
-            if e.kind() != io::ErrorKind::WouldBlock {
-                warn!(%to, "UDP send failed: {e}");
+    fn queue(&mut self, to: SocketAddr, data: &[u8]) {
+        self.batch.push(to, data);
+    }
+
+    /// Send what was queued; `received`: when the input that caused it was read.
+    fn flush(&mut self, socket: &UdpSocket, received: Option<Instant>) {
+        let n = self.batch.items.len();
+        if n == 0 {
+            return;
+        }
+        self.send_failures += self.batch.send(socket);
+        if let Some(at) = received {
+            let d = at.elapsed();
+            for _ in 0..n {
+                self.forward_delay.record(d);
             }
         }
     }
+}
+
+/// Datagrams gathered for one `sendmmsg` (a packet forwarded to 50 subscribers is one system
+/// call, not 50). Buffers are kept between batches.
+#[derive(Default)]
+struct SendBatch {
+    bytes: Vec<u8>,
+    /// Destination, offset and length in `bytes`.
+    items: Vec<(SocketAddr, usize, usize)>,
+}
+
+/// Datagrams per `sendmmsg` call.
+const SEND_CHUNK: usize = 64;
+
+impl SendBatch {
+    fn push(&mut self, to: SocketAddr, data: &[u8]) {
+        self.items.push((to, self.bytes.len(), data.len()));
+        self.bytes.extend_from_slice(data);
+    }
+
+    /// Send everything queued, never waiting; returns how many datagrams were refused.
+    fn send(&mut self, socket: &UdpSocket) -> u64 {
+        let mut failed = 0;
+        let mut i = 0;
+        while i < self.items.len() {
+            let end = (i + SEND_CHUNK).min(self.items.len());
+            match send_many(socket, &self.bytes, &self.items[i..end]) {
+                Ok(0) => {
+                    failed += 1;
+                    i += 1;
+                }
+                Ok(sent) => i += sent,
+                Err(e) => {
+                    // This datagram is refused (full buffer, unreachable): drop it, go on.
+                    if e.kind() != io::ErrorKind::WouldBlock {
+                        warn!(to = %self.items[i].0, "UDP send failed: {e}");
+                    }
+                    failed += 1;
+                    i += 1;
+                }
+            }
+        }
+        self.items.clear();
+        self.bytes.clear();
+        failed
+    }
+}
+
+/// Send `items` (slices of `bytes`) with one `sendmmsg`; returns how many went out. An error
+/// is the first datagram's.
+#[cfg(target_os = "linux")]
+fn send_many(
+    socket: &UdpSocket,
+    bytes: &[u8],
+    items: &[(SocketAddr, usize, usize)],
+) -> io::Result<usize> {
+    use std::os::fd::AsRawFd;
+    let addrs: Vec<socket2::SockAddr> = items.iter().map(|(to, _, _)| (*to).into()).collect();
+    let mut iovecs: Vec<libc::iovec> = items
+        .iter()
+        .map(|(_, start, len)| libc::iovec {
+            iov_base: bytes[*start..*start + *len].as_ptr() as *mut libc::c_void,
+            iov_len: *len,
+        })
+        .collect();
+    let mut msgs: Vec<libc::mmsghdr> = addrs
+        .iter()
+        .zip(iovecs.iter_mut())
+        .map(|(addr, iov)| {
+            // SAFETY: an all-zero msghdr is valid (no control data, no flags).
+            let mut hdr: libc::msghdr = unsafe { std::mem::zeroed() };
+            hdr.msg_name = addr.as_ptr() as *mut libc::c_void;
+            hdr.msg_namelen = addr.len();
+            hdr.msg_iov = iov as *mut libc::iovec;
+            hdr.msg_iovlen = 1;
+            libc::mmsghdr {
+                msg_hdr: hdr,
+                msg_len: 0,
+            }
+        })
+        .collect();
+    // SAFETY: every pointer in `msgs` points into `addrs`, `iovecs` and `bytes`, which outlive
+    // the call; the count is the length of `msgs`.
+    let sent = unsafe {
+        libc::sendmmsg(
+            socket.as_raw_fd(),
+            msgs.as_mut_ptr(),
+            msgs.len() as libc::c_uint,
+            libc::MSG_DONTWAIT,
+        )
+    };
+    if sent < 0 {
+        Err(io::Error::last_os_error())
+    } else {
+        Ok(sent as usize)
+    }
+}
+
+#[cfg(not(target_os = "linux"))]
+fn send_many(
+    socket: &UdpSocket,
+    bytes: &[u8],
+    items: &[(SocketAddr, usize, usize)],
+) -> io::Result<usize> {
+    let (to, start, len) = items[0];
+    socket
+        .try_send_to(&bytes[start..start + len], to)
+        .map(|_| 1)
 }
 
 /// Run the shard on this thread until the SFU handle is dropped.
@@ -115,8 +235,9 @@ async fn serve(mut shard: Shard, socket: UdpSocket) {
         }
         let now = Instant::now();
         if shard.engine.next_timeout(now) <= now {
-            let mut send = |to: SocketAddr, data: &[u8]| io.send(&socket, to, data);
+            let mut send = |to: SocketAddr, data: &[u8]| io.queue(to, data);
             contain("timeout", || shard.engine.handle_timeout(now, &mut send));
+            io.flush(&socket, None);
         }
     }
     info!("SFU shard {} stopping", shard.id);
@@ -154,15 +275,13 @@ impl Shard {
         buf: &[u8],
         received: Instant,
     ) {
-        let mut send = |to: SocketAddr, d: &[u8]| {
-            io.send(socket, to, d);
-            io.forward_delay.record(received.elapsed());
-        };
+        let mut send = |to: SocketAddr, d: &[u8]| io.queue(to, d);
         // The engine's clock is read here, not at the socket: it must never go back.
         let engine = &mut self.engine;
         contain("datagram", || {
             engine.handle_datagram(Instant::now(), source, buf, &mut send)
         });
+        io.flush(socket, Some(received));
     }
 
     fn on_input(&mut self, socket: &UdpSocket, io: &mut IoStats, input: ShardInput) {
@@ -179,11 +298,12 @@ impl Shard {
                 let _ = reply.send(stats);
             }
             ShardInput::Command(cmd) => {
-                let mut send = |to: SocketAddr, d: &[u8]| io.send(socket, to, d);
+                let mut send = |to: SocketAddr, d: &[u8]| io.queue(to, d);
                 let engine = &mut self.engine;
                 contain("command", || {
                     engine.handle_command(Instant::now(), cmd, &mut send)
                 });
+                io.flush(socket, None);
             }
         }
     }
@@ -199,5 +319,32 @@ fn contain(what: &str, f: impl FnOnce()) {
             .or_else(|| panic.downcast_ref::<String>().cloned())
             .unwrap_or_default();
         error!("SFU recovered from a panic while handling a {what}: {msg}");
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn a_batch_reaches_every_destination_in_order() {
+        let sender = UdpSocket::bind("127.0.0.1:0").await.expect("bind");
+        let a = UdpSocket::bind("127.0.0.1:0").await.expect("bind");
+        let b = UdpSocket::bind("127.0.0.1:0").await.expect("bind");
+        let mut batch = SendBatch::default();
+        // More than one sendmmsg chunk.
+        for i in 0..(SEND_CHUNK + 6) as u32 {
+            let to = if i % 2 == 0 { &a } else { &b };
+            batch.push(to.local_addr().expect("addr"), &i.to_be_bytes());
+        }
+        assert_eq!(batch.send(&sender), 0);
+        assert!(batch.items.is_empty() && batch.bytes.is_empty());
+        let mut buf = [0u8; 16];
+        for (socket, first) in [(&a, 0u32), (&b, 1)] {
+            for k in 0..(SEND_CHUNK as u32 + 6) / 2 {
+                let (n, _) = socket.recv_from(&mut buf).await.expect("datagram");
+                assert_eq!(&buf[..n], &(first + 2 * k).to_be_bytes());
+            }
+        }
     }
 }
