@@ -3,7 +3,7 @@
 #   install-deps.sh build   a C toolchain (aws-lc, SQLite): enough to build and run the server
 #   install-deps.sh test    also libopus and ffmpeg (cart), Chromium for the browser tests, iproute2/util-linux for their
 #                           loopback-only network namespace, Node.js + npm where missing
-#   install-deps.sh bench   the test packages and matplotlib for the benches' plots
+#   install-deps.sh bench   the test packages, matplotlib for the benches' plots, curl
 set -euo pipefail
 packages=(build-essential pkg-config ca-certificates)
 if [ "${1:-test}" = test ] || [ "${1:-}" = bench ]; then
@@ -11,7 +11,7 @@ if [ "${1:-test}" = test ] || [ "${1:-}" = bench ]; then
   command -v node >/dev/null || packages+=(nodejs)
   command -v npm >/dev/null || packages+=(npm)
 fi
-[ "${1:-}" = bench ] && packages+=(python3-matplotlib)
+[ "${1:-}" = bench ] && packages+=(python3-matplotlib curl)
 missing=()
 for p in "${packages[@]}"; do
   dpkg -s "$p" >/dev/null 2>&1 || missing+=("$p")
