@@ -123,3 +123,31 @@ fn bind_udp(addr: SocketAddr, first: bool) -> io::Result<socket2::Socket> {
     );
     Ok(socket)
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn a_second_sfu_on_the_same_port_is_refused() {
+        let first = start(SfuConfig {
+            threads: Some(2),
+            ..SfuConfig::default()
+        })
+        .await
+        .expect("first SFU");
+        let taken = first.local_addr();
+        // Even though every shard's socket has SO_REUSEPORT, the port is not shared.
+        let second = start(SfuConfig {
+            bind: taken,
+            ..SfuConfig::default()
+        })
+        .await;
+        assert_eq!(
+            second.err().map(|e| e.kind()),
+            Some(io::ErrorKind::AddrInUse)
+        );
+        // And a plain socket cannot take it either.
+        assert!(std::net::UdpSocket::bind(taken).is_err());
+    }
+}
