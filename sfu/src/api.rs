@@ -142,7 +142,7 @@ pub struct SfuStats {
 }
 
 impl SfuStats {
-    /// Add another shard's counters (the datagram counters are the dispatcher's, set apart).
+    /// Add another shard's counters (the datagram counters are the router's, set apart).
     fn add(&mut self, o: &SfuStats) {
         self.participants += o.participants;
         self.dropped_unknown_sender += o.dropped_unknown_sender;

@@ -46,7 +46,7 @@ pub fn stun_local_ufrag(buf: &[u8]) -> Option<&str> {
 pub struct Demux {
     by_ufrag: HashMap<String, PeerKey>,
     by_addr: HashMap<SocketAddr, PeerKey>,
-    /// The dispatcher's table, when this engine is one shard of several: our ufrags are
+    /// The shards' shared routing table, when this engine is one shard of several: our ufrags are
     /// registered there so that STUN for them reaches this shard.
     shared: Option<(Arc<Router>, ShardId)>,
 }

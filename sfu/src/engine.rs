@@ -131,7 +131,7 @@ impl Engine {
         Engine::with_demux(candidate_addr, downlink_estimation, Demux::default())
     }
 
-    /// One shard of several: its peers' ICE ufrags are registered with the dispatcher's
+    /// One shard of several: its peers' ICE ufrags are registered in the shared
     /// `router` under `shard`.
     pub fn shard(
         candidate_addr: SocketAddr,

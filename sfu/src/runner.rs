@@ -37,7 +37,7 @@ impl Default for SfuConfig {
     }
 }
 
-/// Bind the socket and start the dispatcher and shard threads.
+/// Bind the port and start the shard threads.
 pub async fn start(config: SfuConfig) -> io::Result<SfuHandle> {
     // SO_REUSEPORT would let a second server on the same port silently share the traffic:
     // claim the port without it first, so that a port in use is an error as usual.
