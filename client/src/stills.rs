@@ -194,18 +194,9 @@ impl StillUploader {
         token: &str,
         trusted_cert_pem: Option<&[u8]>,
     ) -> anyhow::Result<StillUploader> {
-        crate::tls::install_default_provider();
-        let mut builder = reqwest::Client::builder()
-            .connect_timeout(Duration::from_secs(5))
-            .timeout(Duration::from_secs(30));
-        if let Some(pem) = trusted_cert_pem {
-            for cert in reqwest::Certificate::from_pem_bundle(pem)? {
-                builder = builder.add_root_certificate(cert);
-            }
-        }
         Ok(StillUploader {
             queue,
-            http: builder.build()?,
+            http: crate::tls::http_client(trusted_cert_pem, Duration::from_secs(30))?,
             base: base.trim_end_matches('/').to_owned(),
             token: token.to_owned(),
             chunk_bytes: DEFAULT_CHUNK_BYTES,

@@ -46,6 +46,24 @@ pub fn client_config(extra_ca_pem: Option<&[u8]>) -> anyhow::Result<Arc<rustls::
     Ok(Arc::new(config))
 }
 
+/// An HTTP client for the server's API: the web roots plus the certificates of
+/// `trusted_cert_pem`, 5 s to connect, `timeout` per request.
+pub fn http_client(
+    trusted_cert_pem: Option<&[u8]>,
+    timeout: std::time::Duration,
+) -> anyhow::Result<reqwest::Client> {
+    install_default_provider();
+    let mut builder = reqwest::Client::builder()
+        .connect_timeout(std::time::Duration::from_secs(5))
+        .timeout(timeout);
+    if let Some(pem) = trusted_cert_pem {
+        for cert in reqwest::Certificate::from_pem_bundle(pem)? {
+            builder = builder.add_root_certificate(cert);
+        }
+    }
+    Ok(builder.build()?)
+}
+
 /// The HTTP base URL of the server a signaling WebSocket URL points to:
 /// `wss://host:port/ws` → `https://host:port`.
 pub fn http_base(ws_url: &str) -> anyhow::Result<String> {

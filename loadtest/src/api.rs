@@ -19,17 +19,8 @@ impl Api {
         secret: &str,
         trusted_cert_pem: Option<&[u8]>,
     ) -> anyhow::Result<Api> {
-        consult_client::tls::install_default_provider();
-        let mut builder = reqwest::Client::builder()
-            .connect_timeout(Duration::from_secs(5))
-            .timeout(Duration::from_secs(20));
-        if let Some(pem) = trusted_cert_pem {
-            for cert in reqwest::Certificate::from_pem_bundle(pem)? {
-                builder = builder.add_root_certificate(cert);
-            }
-        }
         Ok(Api {
-            http: builder.build()?,
+            http: consult_client::tls::http_client(trusted_cert_pem, Duration::from_secs(20))?,
             base: base.trim_end_matches('/').to_owned(),
             key: key.to_owned(),
             secret: secret.to_owned(),
