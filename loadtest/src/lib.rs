@@ -321,22 +321,10 @@ fn build_report(
         .unwrap_or(options.duration - options.warmup)
         .max(1e-3);
     if let (Some(a), Some(b)) = (&probe.at_start, &probe.at_end) {
-        let secs = window_secs;
-        let (cpu, busiest) = procstat::cpu_between(a, b, secs);
+        let (cpu, threads) = procstat::cpu_between(a, b, window_secs);
         server.cpu_pct = Some(cpu);
-        server.busiest_thread = busiest;
-        server.threads_over_10pct = Some(
-            b.threads
-                .iter()
-                .filter(|(tid, (_, t))| {
-                    let before = a.threads.get(tid).map(|x| x.1).unwrap_or(0);
-                    let pct =
-                        t.saturating_sub(before) as f64 / procstat::clock_ticks_per_sec() / secs
-                            * 100.0;
-                    pct > 10.0
-                })
-                .count(),
-        );
+        server.threads_over_10pct = Some(threads.iter().filter(|t| t.1 > 10.0).count());
+        server.busiest_thread = threads.into_iter().next();
         if let (Some(r0), true) = (&before, forwarded_streams > 0) {
             let rss = (a.rss_bytes.max(b.rss_bytes)) as f64 - r0.rss_bytes as f64;
             server.rss_kib_per_forwarded_stream = Some(rss / 1024.0 / forwarded_streams as f64);

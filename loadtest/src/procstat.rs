@@ -125,20 +125,21 @@ pub fn find_by_name(name: &str) -> Option<u32> {
 }
 
 /// CPU use between two readings `secs` apart, in percent of one core: the whole process, and
-/// its busiest thread (name, percent).
-pub fn cpu_between(a: &ProcReading, b: &ProcReading, secs: f64) -> (f64, Option<(String, f64)>) {
+/// each thread (name, percent), busiest first.
+pub fn cpu_between(a: &ProcReading, b: &ProcReading, secs: f64) -> (f64, Vec<(String, f64)>) {
     let hz = clock_ticks_per_sec();
     let pct = |ticks: u64| ticks as f64 / hz / secs.max(1e-6) * 100.0;
     let total = pct(b.cpu_ticks.saturating_sub(a.cpu_ticks));
-    let busiest = b
+    let mut threads: Vec<(String, f64)> = b
         .threads
         .iter()
         .map(|(tid, (name, t))| {
             let before = a.threads.get(tid).map(|x| x.1).unwrap_or(0);
             (name.clone(), pct(t.saturating_sub(before)))
         })
-        .max_by(|x, y| x.1.total_cmp(&y.1));
-    (total, busiest)
+        .collect();
+    threads.sort_by(|x, y| y.1.total_cmp(&x.1));
+    (total, threads)
 }
 
 #[cfg(test)]

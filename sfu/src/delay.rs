@@ -18,13 +18,20 @@ pub struct DelayHistogram {
 
 impl DelayHistogram {
     pub fn record(&mut self, d: Duration) {
+        self.record_n(d, 1);
+    }
+
+    /// `n` samples of the same delay (the copies of one packet sent together).
+    pub fn record_n(&mut self, d: Duration, n: u64) {
         let us = d.as_micros() as u64;
         let i = BOUNDS_US
             .iter()
             .position(|b| us <= *b)
             .unwrap_or(BOUNDS_US.len());
-        self.counts[i] += 1;
-        self.sum_ns = self.sum_ns.saturating_add(d.as_nanos() as u64);
+        self.counts[i] += n;
+        self.sum_ns = self
+            .sum_ns
+            .saturating_add((d.as_nanos() as u64).saturating_mul(n));
     }
 
     pub fn add(&mut self, other: &DelayHistogram) {

@@ -62,10 +62,7 @@ impl IoStats {
         }
         self.send_failures += self.batch.send(socket);
         if let Some(at) = received {
-            let d = at.elapsed();
-            for _ in 0..n {
-                self.forward_delay.record(d);
-            }
+            self.forward_delay.record_n(at.elapsed(), n as u64);
         }
     }
 }
@@ -77,6 +74,9 @@ struct SendBatch {
     bytes: Vec<u8>,
     /// Destination, offset and length in `bytes`.
     items: Vec<(SocketAddr, usize, usize)>,
+    /// The system call's arrays, refilled for each call without allocating.
+    #[cfg(target_os = "linux")]
+    scratch: MmsgScratch,
 }
 
 /// Datagrams per `sendmmsg` call.
@@ -94,7 +94,7 @@ impl SendBatch {
         let mut i = 0;
         while i < self.items.len() {
             let end = (i + SEND_CHUNK).min(self.items.len());
-            match send_many(socket, &self.bytes, &self.items[i..end]) {
+            match self.send_chunk(socket, i..end) {
                 Ok(0) => {
                     failed += 1;
                     i += 1;
@@ -116,27 +116,40 @@ impl SendBatch {
     }
 }
 
-/// Send `items` (slices of `bytes`) with one `sendmmsg`; returns how many went out. An error
-/// is the first datagram's.
 #[cfg(target_os = "linux")]
-fn send_many(
-    socket: &UdpSocket,
-    bytes: &[u8],
-    items: &[(SocketAddr, usize, usize)],
-) -> io::Result<usize> {
-    use std::os::fd::AsRawFd;
-    let addrs: Vec<socket2::SockAddr> = items.iter().map(|(to, _, _)| (*to).into()).collect();
-    let mut iovecs: Vec<libc::iovec> = items
-        .iter()
-        .map(|(_, start, len)| libc::iovec {
+#[derive(Default)]
+struct MmsgScratch {
+    addrs: Vec<socket2::SockAddr>,
+    iovecs: Vec<libc::iovec>,
+    msgs: Vec<libc::mmsghdr>,
+}
+
+impl SendBatch {
+    /// Send `self.items[range]` with one `sendmmsg`; returns how many went out. An error is
+    /// the first datagram's.
+    #[cfg(target_os = "linux")]
+    fn send_chunk(
+        &mut self,
+        socket: &UdpSocket,
+        range: std::ops::Range<usize>,
+    ) -> io::Result<usize> {
+        use std::os::fd::AsRawFd;
+        let items = &self.items[range];
+        let bytes = &self.bytes;
+        let MmsgScratch {
+            addrs,
+            iovecs,
+            msgs,
+        } = &mut self.scratch;
+        addrs.clear();
+        iovecs.clear();
+        msgs.clear();
+        addrs.extend(items.iter().map(|(to, _, _)| socket2::SockAddr::from(*to)));
+        iovecs.extend(items.iter().map(|(_, start, len)| libc::iovec {
             iov_base: bytes[*start..*start + *len].as_ptr() as *mut libc::c_void,
             iov_len: *len,
-        })
-        .collect();
-    let mut msgs: Vec<libc::mmsghdr> = addrs
-        .iter()
-        .zip(iovecs.iter_mut())
-        .map(|(addr, iov)| {
+        }));
+        msgs.extend(addrs.iter().zip(iovecs.iter_mut()).map(|(addr, iov)| {
             // SAFETY: an all-zero msghdr is valid (no control data, no flags).
             let mut hdr: libc::msghdr = unsafe { std::mem::zeroed() };
             hdr.msg_name = addr.as_ptr() as *mut libc::c_void;
@@ -147,35 +160,35 @@ fn send_many(
                 msg_hdr: hdr,
                 msg_len: 0,
             }
-        })
-        .collect();
-    // SAFETY: every pointer in `msgs` points into `addrs`, `iovecs` and `bytes`, which outlive
-    // the call; the count is the length of `msgs`.
-    let sent = unsafe {
-        libc::sendmmsg(
-            socket.as_raw_fd(),
-            msgs.as_mut_ptr(),
-            msgs.len() as libc::c_uint,
-            libc::MSG_DONTWAIT,
-        )
-    };
-    if sent < 0 {
-        Err(io::Error::last_os_error())
-    } else {
-        Ok(sent as usize)
+        }));
+        // SAFETY: every pointer in `msgs` points into `addrs`, `iovecs` and `bytes`, which are
+        // not touched until the call returns; the count is the length of `msgs`.
+        let sent = unsafe {
+            libc::sendmmsg(
+                socket.as_raw_fd(),
+                msgs.as_mut_ptr(),
+                msgs.len() as libc::c_uint,
+                libc::MSG_DONTWAIT,
+            )
+        };
+        if sent < 0 {
+            Err(io::Error::last_os_error())
+        } else {
+            Ok(sent as usize)
+        }
     }
-}
 
-#[cfg(not(target_os = "linux"))]
-fn send_many(
-    socket: &UdpSocket,
-    bytes: &[u8],
-    items: &[(SocketAddr, usize, usize)],
-) -> io::Result<usize> {
-    let (to, start, len) = items[0];
-    socket
-        .try_send_to(&bytes[start..start + len], to)
-        .map(|_| 1)
+    #[cfg(not(target_os = "linux"))]
+    fn send_chunk(
+        &mut self,
+        socket: &UdpSocket,
+        range: std::ops::Range<usize>,
+    ) -> io::Result<usize> {
+        let (to, start, len) = self.items[range.start];
+        socket
+            .try_send_to(&self.bytes[start..start + len], to)
+            .map(|_| 1)
+    }
 }
 
 /// Run the shard on this thread until the SFU handle is dropped.
