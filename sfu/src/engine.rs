@@ -7,19 +7,21 @@ use crate::allocator::{Allocator, TrackDemand};
 use crate::api::{Command, PeerReport, SfuError, SfuEvent, SfuStats, TapPacket};
 use crate::congestion::CongestionGate;
 use crate::demux::{Demux, PeerKey};
+use crate::forwarder::{SourcePacket, Vp8Ids};
 use crate::keyframe::starts_keyframe;
 use crate::peer::Peer;
 use crate::stats::MediaTotals;
-use crate::track::{map_payload_type, OutState, RateMeter, TrackIn, TrackOut};
+use crate::track::{map_payload_type, OutState, TrackIn, TrackOut};
 use consult_protocol::{ParticipantId, PeerTarget, PublishedTrack, SubscribedTrack, TrackKind};
 use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 use str0m::bwe::{Bitrate, BweKind};
 use str0m::change::{SdpAnswer, SdpOffer, SdpPendingOffer};
-use str0m::media::{Direction, KeyframeRequestKind, MediaKind, Mid};
+use str0m::format::Codec;
+use str0m::media::{Direction, KeyframeRequestKind, MediaKind, Mid, Rids};
 use str0m::net::{Protocol, Receive};
-use str0m::rtp::{ExtensionValues, RtpPacket, RtpWrite};
+use str0m::rtp::{ExtensionValues, RtpPacket, RtpWrite, Vp8Descriptor};
 use str0m::{Candidate, Event, IceConnectionState, Input, Output};
 use tokio::sync::mpsc::UnboundedSender;
 use tracing::{debug, info, warn};
@@ -75,6 +77,9 @@ struct Participant {
     twcc_bps: Option<u64>,
     remb_bps: Option<u64>,
     allocated_bps: u64,
+    /// The allocator's latest result put every video track on pause.
+    allocation_audio_only: bool,
+    /// Audio-only as last told to the client.
     audio_only: bool,
     low_link: bool,
     /// Since when the estimate has been under the low-link threshold.
@@ -119,7 +124,7 @@ pub struct Engine {
     /// Scratch buffers reused across packets.
     events: Vec<(PeerKey, Event)>,
     fanout: Vec<u64>,
-    keyframes_due: Vec<(u64, Mid)>,
+    keyframes_due: Vec<(u64, Mid, usize)>,
     next_allocation: Option<Instant>,
     /// Subscriber connections run str0m's estimator, and the allocator acts on it.
     downlink_estimation: bool,
@@ -286,13 +291,16 @@ impl Engine {
         // Timers fire often: reuse one buffer instead of allocating on every tick.
         let mut due = std::mem::take(&mut self.keyframes_due);
         due.extend(self.participants.iter().flat_map(|(key, p)| {
-            p.tracks
-                .iter()
-                .filter(|t| t.keyframe_pending)
-                .map(move |t| (*key, t.mid))
+            p.tracks.iter().flat_map(move |t| {
+                t.layers
+                    .iter()
+                    .enumerate()
+                    .filter(|(_, l)| l.keyframe_pending)
+                    .map(move |(i, _)| (*key, t.mid, i))
+            })
         }));
-        for (key, mid) in due.drain(..) {
-            self.request_keyframe(now, key, mid, KeyframeRequestKind::Pli);
+        for (key, mid, layer) in due.drain(..) {
+            self.request_keyframe(now, key, mid, layer, KeyframeRequestKind::Pli);
         }
         self.keyframes_due = due;
         if self.next_allocation.is_none_or(|t| t <= now) {
@@ -447,7 +455,7 @@ impl Engine {
             if let Some(o) = self.participants.get_mut(other) {
                 for t in o.tracks.iter_mut() {
                     t.subscribers.push(key);
-                    outs.push(TrackOut::new((*other, t.mid), o.id.clone(), t.label));
+                    outs.push(TrackOut::new((*other, t.mid), o.id.clone(), t));
                 }
             }
         }
@@ -471,6 +479,7 @@ impl Engine {
                 twcc_bps: None,
                 remb_bps: None,
                 allocated_bps: 0,
+                allocation_audio_only: false,
                 audio_only: false,
                 low_link: false,
                 low_since: None,
@@ -529,7 +538,11 @@ impl Engine {
                     bad = Some(format!("mid {} is not {:?}", t.mid, t.label.kind()))
                 }
                 Some(m) if matches!(m.direction(), Direction::RecvOnly | Direction::SendRecv) => {
-                    live.push((mid, t.label))
+                    let rids = match m.rids_rx() {
+                        Rids::Specific(rids) => rids.clone(),
+                        _ => Vec::new(),
+                    };
+                    live.push((mid, t.label, rids))
                 }
                 Some(_) => {}
                 None => bad = Some(format!("mid {} is not in the offer", t.mid)),
@@ -540,7 +553,7 @@ impl Engine {
         let gone: Vec<Mid> = p
             .tracks
             .iter()
-            .filter(|t| !live.iter().any(|(m, l)| *m == t.mid && *l == t.label))
+            .filter(|t| !live.iter().any(|(m, l, _)| *m == t.mid && *l == t.label))
             .map(|t| t.mid)
             .collect();
         for mid in gone {
@@ -552,27 +565,23 @@ impl Engine {
             .copied()
             .filter(|k| *k != key)
             .collect();
-        for (mid, label) in live {
+        for (mid, label, rids) in live {
             let p = self.participants.get_mut(&key).expect("checked above");
             if p.tracks.iter().any(|t| t.mid == mid) {
                 continue;
             }
-            info!(participant = %p.id, %mid, %label, "track published");
+            let rid_names: Vec<&str> = rids.iter().map(|r| r.as_ref()).collect();
+            info!(participant = %p.id, %mid, %label, simulcast = ?rid_names, "track published");
             let pid = p.id.clone();
-            p.tracks.push(TrackIn {
-                mid,
-                label,
-                kind: label.kind(),
-                subscribers: others.clone(),
-                taps: Vec::new(),
-                last_keyframe_request: None,
-                keyframe_pending: false,
-                rate: RateMeter::new(now),
-            });
+            let mut track = TrackIn::new(mid, label, &rids, now);
+            track.subscribers = others.clone();
             for other in &others {
                 if let Some(o) = self.participants.get_mut(other) {
-                    o.outs.push(TrackOut::new((key, mid), pid.clone(), label));
+                    o.outs.push(TrackOut::new((key, mid), pid.clone(), &track));
                 }
+            }
+            if let Some(p) = self.participants.get_mut(&key) {
+                p.tracks.push(track);
             }
         }
         for other in &others {
@@ -620,7 +629,7 @@ impl Engine {
             OutState::Negotiating => {
                 o.state = OutState::Open;
                 if o.kind == TrackKind::Video {
-                    opened.push(o.source);
+                    opened.push((o.source, o.fwd.target()));
                 }
                 true
             }
@@ -628,8 +637,8 @@ impl Engine {
             _ => true,
         });
         // A new subscriber needs a keyframe to start decoding.
-        for (src, mid) in opened {
-            self.request_keyframe(now, src, mid, KeyframeRequestKind::Pli);
+        for ((src, mid), layer) in opened {
+            self.request_keyframe(now, src, mid, layer.unwrap_or(0), KeyframeRequestKind::Pli);
         }
         self.negotiate_subscriber(key);
         self.dirty.push((key, PeerTarget::Subscriber));
@@ -778,93 +787,119 @@ impl Engine {
         }
     }
 
-    /// Split a subscriber's estimate across what it receives and apply the result: pause or
-    /// resume tracks (a resumed video track waits for a keyframe, asked for at once), tell
-    /// the client when it enters or leaves audio-only mode, and aim the estimator's probing
-    /// at the next step up.
+    /// Choose the layer each track a subscriber receives is forwarded at, and apply it: with
+    /// an estimate, the allocator splits it by clinical rank (pausing video that does not
+    /// fit); without one, every track goes at its best layer. A track that must change layer
+    /// (or resume) waits for a keyframe, asked for at once. With an estimate, also tell the
+    /// client when it enters or leaves audio-only mode, and aim the estimator's probing at
+    /// the next step up.
     fn allocate(&mut self, now: Instant, key: u64) {
         let Some(p) = self.participants.get(&key) else {
             return;
         };
-        let Some(estimate) = p.estimate_bps() else {
-            return;
-        };
+        let estimate = p.estimate_bps();
         let mut demands: Vec<TrackDemand<(u64, Mid)>> = Vec::with_capacity(p.outs.len());
+        // Per demand: the source's layer indices, lowest rate first.
+        let mut orders: Vec<Vec<usize>> = Vec::with_capacity(p.outs.len());
         // What forwarding everything would take, and what flows now, at today's rates.
         let (mut wanted, mut flowing) = (0, 0);
         for o in p.outs.iter().filter(|o| o.state == OutState::Open) {
-            let rate = self
+            let track = self
                 .participants
                 .get(&o.source.0)
-                .and_then(|s| s.tracks.iter().find(|t| t.mid == o.source.1))
-                .map_or(Some(0), |t| t.rate.settled_bps(now));
+                .and_then(|s| s.tracks.iter().find(|t| t.mid == o.source.1));
+            let Some(track) = track else { continue };
+            let by_rate = track.layers_by_rate(now);
             // A track not measured yet is let through; its rate counts once known.
-            let rate = rate.unwrap_or(1).max(1);
-            wanted += rate;
-            if o.forwarding {
-                flowing += rate;
+            let (order, mut layers): (Vec<usize>, Vec<u64>) = if by_rate.is_empty() {
+                (vec![0], vec![1])
+            } else {
+                by_rate.into_iter().unzip()
+            };
+            for r in layers.iter_mut() {
+                *r = (*r).max(1);
+            }
+            wanted += layers.last().copied().unwrap_or(0);
+            if o.forwarding() {
+                let current = o.fwd.current().or(o.fwd.target());
+                flowing += track.rate_of(current, now).max(1);
             }
             demands.push(TrackDemand {
                 key: o.source,
                 label: o.label,
-                layers: vec![rate],
+                layers,
                 pinned: p.pinned.contains(&o.source),
             });
+            orders.push(order);
         }
+        let decisions: Vec<((u64, Mid), Option<usize>)> = match estimate {
+            Some(estimate) => {
+                let Some(allocation) =
+                    self.allocate_estimate(now, key, estimate, &demands, flowing, wanted)
+                else {
+                    return;
+                };
+                allocation
+                    .decisions
+                    .iter()
+                    .map(|d| (d.key, d.layer))
+                    .collect()
+            }
+            // No estimate: everything at its best layer.
+            None => demands
+                .iter()
+                .map(|d| (d.key, Some(d.layers.len() - 1)))
+                .collect(),
+        };
         let Some(p) = self.participants.get_mut(&key) else {
             return;
         };
+        let mut keyframes = Vec::new();
+        for (source, choice) in decisions {
+            let Some(i) = demands.iter().position(|d| d.key == source) else {
+                continue;
+            };
+            let layer = choice.and_then(|c| orders[i].get(c).copied());
+            for o in p.outs.iter_mut().filter(|o| o.source == source) {
+                let before = o.fwd.target();
+                if o.fwd.set_target(layer) {
+                    if let Some(l) = layer {
+                        keyframes.push((source, l));
+                    }
+                }
+                if before != layer {
+                    debug!(participant = %p.id, track = %o.track_id(), ?before, ?layer, "layer target");
+                }
+            }
+        }
+        self.notify_bandwidth(now, key);
+        for ((src, mid), layer) in keyframes {
+            self.request_keyframe(now, src, mid, layer, KeyframeRequestKind::Pli);
+        }
+    }
+
+    /// Run the allocator on `estimate` (through the congestion gate) and aim str0m's
+    /// estimator at what the result wants.
+    fn allocate_estimate(
+        &mut self,
+        now: Instant,
+        key: u64,
+        estimate: u64,
+        demands: &[TrackDemand<(u64, Mid)>],
+        flowing: u64,
+        wanted: u64,
+    ) -> Option<crate::allocator::Allocation<(u64, Mid)>> {
+        let p = self.participants.get_mut(&key)?;
         // str0m's estimate counts where the link shows queueing (see `congestion`).
         let raw_estimate = estimate;
         let rtt = p.subscriber.counters.link.rtt_ms;
         let estimate = p
             .gate
             .effective_estimate(now, estimate, rtt, flowing, wanted);
-        let allocation = p.allocator.allocate(now, estimate, &demands);
+        let allocation = p.allocator.allocate(now, estimate, demands);
         debug!(participant = %p.id, raw_estimate, flowing, estimate, ?rtt, ?demands, ?allocation, "allocation");
-        let mut resumed = Vec::new();
-        for d in &allocation.decisions {
-            let forward = d.layer.is_some();
-            for o in p.outs.iter_mut().filter(|o| o.source == d.key) {
-                if forward && !o.forwarding && o.kind == TrackKind::Video {
-                    o.awaiting_keyframe = true;
-                    resumed.push(o.source);
-                }
-                o.forwarding = forward;
-            }
-        }
         p.allocated_bps = allocation.allocated_bps;
-        // Low once under the threshold for LOW_LINK_AFTER; fine again above LINK_OK_BPS.
-        let under = if p.low_link {
-            estimate < LINK_OK_BPS
-        } else {
-            estimate < LOW_LINK_BPS
-        };
-        if !under {
-            p.low_since = None;
-        } else if p.low_since.is_none() {
-            p.low_since = Some(now);
-        }
-        let low_link = p
-            .low_since
-            .is_some_and(|t| now.saturating_duration_since(t) >= LOW_LINK_AFTER);
-        if allocation.audio_only != p.audio_only || low_link != p.low_link {
-            p.audio_only = allocation.audio_only;
-            p.low_link = low_link;
-            info!(participant = %p.id, estimate, audio_only = p.audio_only, low_link, "allocation mode");
-            let paused = p
-                .outs
-                .iter()
-                .filter(|o| !o.forwarding)
-                .map(|o| o.track_id())
-                .collect();
-            p.notify(SfuEvent::Bandwidth {
-                audio_only: p.audio_only,
-                low_link,
-                estimate_bps: estimate,
-                paused,
-            });
-        }
+        p.allocation_audio_only = allocation.audio_only;
         // No padding (minimum 0): webrtc-rs peers leave str0m's probe packets out of their
         // TWCC feedback, which reads as loss, and on a thin link padding would queue ahead of
         // the audio. While the link shows a queue the desired rate is what flows (no probe
@@ -884,13 +919,61 @@ impl Engine {
             );
             self.dirty.push((key, PeerTarget::Subscriber));
         }
-        for (src, mid) in resumed {
-            self.request_keyframe(now, src, mid, KeyframeRequestKind::Pli);
+        Some(allocation)
+    }
+
+    /// Tell the client when it enters or leaves audio-only mode or a low link.
+    fn notify_bandwidth(&mut self, now: Instant, key: u64) {
+        let Some(p) = self.participants.get_mut(&key) else {
+            return;
+        };
+        let Some(estimate) = p.estimate_bps() else {
+            return;
+        };
+        // Low once under the threshold for LOW_LINK_AFTER; fine again above LINK_OK_BPS.
+        let under = if p.low_link {
+            estimate < LINK_OK_BPS
+        } else {
+            estimate < LOW_LINK_BPS
+        };
+        if !under {
+            p.low_since = None;
+        } else if p.low_since.is_none() {
+            p.low_since = Some(now);
+        }
+        let low_link = p
+            .low_since
+            .is_some_and(|t| now.saturating_duration_since(t) >= LOW_LINK_AFTER);
+        let audio_only = p.allocation_audio_only;
+        if audio_only != p.audio_only || low_link != p.low_link {
+            p.audio_only = audio_only;
+            p.low_link = low_link;
+            info!(participant = %p.id, estimate, audio_only, low_link, "allocation mode");
+            let paused = p
+                .outs
+                .iter()
+                .filter(|o| !o.forwarding())
+                .map(|o| o.track_id())
+                .collect();
+            p.notify(SfuEvent::Bandwidth {
+                audio_only,
+                low_link,
+                estimate_bps: estimate,
+                paused,
+            });
         }
     }
 
-    /// Ask a publisher for a keyframe on one of its video tracks, at most every 500 ms.
-    fn request_keyframe(&mut self, now: Instant, key: u64, mid: Mid, kind: KeyframeRequestKind) {
+    /// Ask a publisher for a keyframe on one layer of one of its video tracks, at most every
+    /// 500 ms per layer.
+    fn request_keyframe(
+        &mut self,
+        now: Instant,
+        key: u64,
+        mid: Mid,
+        layer: usize,
+        kind: KeyframeRequestKind,
+    ) {
         let Some(p) = self.participants.get_mut(&key) else {
             return;
         };
@@ -900,23 +983,26 @@ impl Engine {
         if t.kind != TrackKind::Video {
             return;
         }
+        let Some(l) = t.layers.get_mut(layer) else {
+            return;
+        };
         // str0m drops RTCP queued before SRTP is up: hold the request until connected.
         if !p.publisher.connected {
-            t.keyframe_pending = true;
+            l.keyframe_pending = true;
             return;
         }
-        if !t.take_keyframe_slot(now) {
+        if !l.take_keyframe_slot(now) {
             return;
         }
-        if let Some(rx) = p.publisher.rtc.direct_api().stream_rx_by_mid(mid, None) {
+        if let Some(rx) = p.publisher.rtc.direct_api().stream_rx_by_mid(mid, l.rid) {
             rx.request_keyframe(kind);
-            debug!(participant = %p.id, %mid, ssrc = %rx.ssrc(), ?kind, "keyframe requested");
+            debug!(participant = %p.id, %mid, rid = ?l.rid, ssrc = %rx.ssrc(), ?kind, "keyframe requested");
             self.stats.keyframe_requests_sent += 1;
             self.dirty.push((key, PeerTarget::Publisher));
         } else {
-            // No packet seen yet on this track: retry on the next timer.
-            t.keyframe_pending = true;
-            t.last_keyframe_request = None;
+            // No packet seen yet on this layer: retry on the next timer.
+            l.keyframe_pending = true;
+            l.last_keyframe_request = None;
         }
     }
 
@@ -989,9 +1075,9 @@ impl Engine {
                     .participants
                     .get(&key.0)
                     .and_then(|p| p.outs.iter().find(|o| o.mid == Some(req.mid)))
-                    .map(|o| o.source);
-                if let Some((src, mid)) = source {
-                    self.request_keyframe(now, src, mid, req.kind);
+                    .map(|o| (o.source, o.fwd.current().or(o.fwd.target())));
+                if let Some(((src, mid), Some(layer))) = source {
+                    self.request_keyframe(now, src, mid, layer, req.kind);
                 }
             }
             Event::EgressBitrateEstimate(bwe) if key.1 == PeerTarget::Subscriber => {
@@ -1060,35 +1146,49 @@ impl Engine {
         let Some(p) = self.participants.get_mut(&key) else {
             return;
         };
-        let Some(mid) = p
+        let Some((mid, rid)) = p
             .publisher
             .rtc
             .direct_api()
             .stream_rx(&pkt.header.ssrc)
-            .map(|s| s.mid())
+            .map(|s| (s.mid(), s.rid()))
         else {
             return;
         };
         let Some(track) = p.tracks.iter_mut().find(|t| t.mid == mid) else {
             return;
         };
-        track.rate.add(now, pkt.payload.len() + PACKET_OVERHEAD);
+        let Some(layer) = track.layer_of(rid, now) else {
+            return;
+        };
+        track.layers[layer]
+            .rate
+            .add(now, pkt.payload.len() + PACKET_OVERHEAD);
         if !track.taps.is_empty() {
-            // A full recorder loses this packet (it fills the gap); a closed one is dropped.
-            let copy = TapPacket {
-                seq: *pkt.seq_no,
-                timestamp: pkt.header.timestamp,
-                marker: pkt.header.marker,
-                payload: pkt.payload.clone(),
-            };
-            track.taps.retain(|t| {
-                !matches!(
-                    t.try_send(copy.clone()),
-                    Err(tokio::sync::mpsc::error::TrySendError::Closed(_))
-                )
-            });
+            if track.tap_layer.is_none() {
+                // Recorders get one layer: the best one, once the rates are known.
+                track.tap_layer = track
+                    .top_layer(now)
+                    .filter(|i| track.layers[*i].rate.settled_bps(now).is_some());
+            }
+            if track.tap_layer == Some(layer) {
+                // A full recorder loses this packet (it fills the gap); a closed one is dropped.
+                let copy = TapPacket {
+                    seq: *pkt.seq_no,
+                    timestamp: pkt.header.timestamp,
+                    marker: pkt.header.marker,
+                    payload: pkt.payload.clone(),
+                };
+                track.taps.retain(|t| {
+                    !matches!(
+                        t.try_send(copy.clone()),
+                        Err(tokio::sync::mpsc::error::TrySendError::Closed(_))
+                    )
+                });
+            }
         }
         let kind = track.kind;
+        let simulcast = track.simulcast();
         self.fanout.clear();
         self.fanout.extend_from_slice(&track.subscribers);
         let in_pt = pkt.header.payload_type;
@@ -1100,6 +1200,25 @@ impl Engine {
             .iter()
             .find(|c| c.pt() == in_pt)
             .copied();
+        let codec = in_spec.map(|c| c.spec().codec);
+        // Simulcast VP8: the descriptor's picture ids are rewritten across layer switches.
+        let vp8 = if simulcast && codec == Some(Codec::Vp8) {
+            Vp8Descriptor::parse(&pkt.payload).ok()
+        } else {
+            None
+        };
+        let source = SourcePacket {
+            layer,
+            seq: pkt.seq_no,
+            timestamp: pkt.header.timestamp,
+            vp8: vp8.map(|d| Vp8Ids {
+                picture_id: d.picture_id(),
+                tl0_pic_idx: d.tl0_pic_idx(),
+                key_idx: d.key_idx(),
+            }),
+        };
+        // Parsed at most once, and only when a subscriber waits for a keyframe.
+        let mut keyframe: Option<bool> = None;
 
         for &sub in &self.fanout {
             let Some(s) = self.participants.get_mut(&sub) else {
@@ -1113,18 +1232,12 @@ impl Engine {
                 continue;
             };
             let Some(out_mid) = out.mid else { continue };
-            if !out.forwarding {
+            let Some(rewritten) = out.fwd.accept(now, source, || {
+                *keyframe
+                    .get_or_insert_with(|| codec.is_some_and(|c| starts_keyframe(c, &pkt.payload)))
+            }) else {
                 continue;
-            }
-            if out.awaiting_keyframe {
-                let codec = in_spec.map(|c| c.spec().codec);
-                if !codec.is_some_and(|c| starts_keyframe(c, &pkt.payload)) {
-                    continue;
-                }
-                // Resume without a sequence gap the subscriber would NACK.
-                out.awaiting_keyframe = false;
-                out.seq.resume(pkt.seq_no);
-            }
+            };
             let out_pt = match out.pt_map.iter().find(|(i, _)| *i == in_pt) {
                 Some((_, o)) => *o,
                 None => {
@@ -1138,9 +1251,6 @@ impl Engine {
                     o
                 }
             };
-            let Some(seq) = out.seq.map(pkt.seq_no) else {
-                continue;
-            };
             let mut api = s.subscriber.rtc.direct_api();
             let Some(stream) = api.stream_tx_by_mid(out_mid, None) else {
                 continue;
@@ -1151,22 +1261,45 @@ impl Engine {
                 video_orientation: pkt.header.ext_vals.video_orientation,
                 ..Default::default()
             };
-            stream.write_rtp(
-                RtpWrite::new(
-                    out_pt,
-                    seq,
-                    pkt.header.timestamp,
-                    pkt.timestamp,
-                    pkt.payload.clone(),
-                )
-                .marker(pkt.header.marker)
-                .ext_vals(ext)
-                .nackable(kind == TrackKind::Video),
-            );
+            let mut write = RtpWrite::new(
+                out_pt,
+                rewritten.seq,
+                rewritten.timestamp,
+                pkt.timestamp,
+                pkt.payload.clone(),
+            )
+            .marker(pkt.header.marker)
+            .ext_vals(ext)
+            .nackable(kind == TrackKind::Video);
+            if let (Some(ids), Some(d)) = (rewritten.vp8, vp8) {
+                if let Some(patch) = vp8_patch(&d, ids) {
+                    write = write.vp8_patch(patch);
+                }
+            }
+            stream.write_rtp(write);
             self.stats.rtp_forwarded += 1;
             self.dirty.push((sub, PeerTarget::Subscriber));
         }
     }
+}
+
+/// The descriptor patch writing `ids` into a VP8 payload described by `d`, keeping its
+/// 7- or 15-bit picture id form.
+fn vp8_patch(d: &Vp8Descriptor, ids: Vp8Ids) -> Option<str0m::rtp::Vp8Patch> {
+    let build = |pid_mask: u16| {
+        let mut b = d.patch();
+        if let Some(v) = ids.picture_id {
+            b = b.picture_id(v & pid_mask);
+        }
+        if let Some(v) = ids.tl0_pic_idx {
+            b = b.tl0_pic_idx(v);
+        }
+        if let Some(v) = ids.key_idx {
+            b = b.key_idx(v);
+        }
+        b.build()
+    };
+    build(0x7fff).or_else(|_| build(0x7f)).ok()
 }
 
 /// Mark every subscriber copy whose source matches for removal at the next negotiation.

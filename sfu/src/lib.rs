@@ -16,6 +16,7 @@ pub mod congestion;
 pub mod delay;
 mod demux;
 pub mod engine;
+pub mod forwarder;
 mod keyframe;
 mod peer;
 pub mod router;

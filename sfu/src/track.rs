@@ -1,33 +1,41 @@
 //! Published tracks (in) and their per-subscriber copies (out).
 
+use crate::forwarder::Forwarder;
 use consult_protocol::{TrackKind, TrackLabel};
 use std::time::{Duration, Instant};
 use str0m::format::{Codec, CodecSpec, PayloadParams};
 use str0m::media::Mid;
 use str0m::media::Pt;
+use str0m::media::Rid;
 use str0m::rtp::SeqNo;
 
 /// Shortest gap between two keyframe requests sent to one publisher track.
 pub const KEYFRAME_REQUEST_INTERVAL: Duration = Duration::from_millis(500);
 
-/// A track a participant publishes, identified by the mid of its publisher peer.
+/// Most simulcast layers taken from one track (browsers send three).
+pub const MAX_LAYERS: usize = 4;
+
+/// One encoding of a published track: the only one, or a simulcast layer (rid).
 #[derive(Debug)]
-pub struct TrackIn {
-    pub mid: Mid,
-    pub label: TrackLabel,
-    pub kind: TrackKind,
-    /// Subscribers that receive it: (participant key, index into their `outs`).
-    pub subscribers: Vec<u64>,
-    /// Recorders receiving a copy of every packet.
-    pub taps: Vec<tokio::sync::mpsc::Sender<crate::api::TapPacket>>,
+pub struct LayerIn {
+    pub rid: Option<Rid>,
+    /// What the publisher sends on it, for the allocator.
+    pub rate: RateMeter,
     pub last_keyframe_request: Option<Instant>,
     /// A keyframe was asked for while rate-limited; send it when the interval has passed.
     pub keyframe_pending: bool,
-    /// What the publisher sends on it, for the allocator.
-    pub rate: RateMeter,
 }
 
-impl TrackIn {
+impl LayerIn {
+    pub fn new(rid: Option<Rid>, now: Instant) -> LayerIn {
+        LayerIn {
+            rid,
+            rate: RateMeter::new(now),
+            last_keyframe_request: None,
+            keyframe_pending: false,
+        }
+    }
+
     /// Whether a keyframe request may go to the publisher now; records it if so.
     pub fn take_keyframe_slot(&mut self, now: Instant) -> bool {
         let free = self
@@ -40,6 +48,92 @@ impl TrackIn {
             self.keyframe_pending = true;
         }
         free
+    }
+}
+
+/// A track a participant publishes, identified by the mid of its publisher peer.
+#[derive(Debug)]
+pub struct TrackIn {
+    pub mid: Mid,
+    pub label: TrackLabel,
+    pub kind: TrackKind,
+    /// Its encodings: one, or the simulcast layers in the order the offer declared them
+    /// (never removed: indices are stable).
+    pub layers: Vec<LayerIn>,
+    /// Subscribers that receive it: (participant key, index into their `outs`).
+    pub subscribers: Vec<u64>,
+    /// Recorders receiving a copy of every packet (of one layer).
+    pub taps: Vec<tokio::sync::mpsc::Sender<crate::api::TapPacket>>,
+    /// The layer recorders get: the only one, or the best simulcast layer once measured.
+    pub tap_layer: Option<usize>,
+}
+
+impl TrackIn {
+    /// A track with the given simulcast rids (none: a plain track).
+    pub fn new(mid: Mid, label: TrackLabel, rids: &[Rid], now: Instant) -> TrackIn {
+        let layers: Vec<LayerIn> = if rids.is_empty() {
+            vec![LayerIn::new(None, now)]
+        } else {
+            rids.iter()
+                .take(MAX_LAYERS)
+                .map(|r| LayerIn::new(Some(*r), now))
+                .collect()
+        };
+        TrackIn {
+            mid,
+            label,
+            kind: label.kind(),
+            tap_layer: (layers.len() == 1).then_some(0),
+            layers,
+            subscribers: Vec::new(),
+            taps: Vec::new(),
+        }
+    }
+
+    pub fn simulcast(&self) -> bool {
+        self.layers.len() > 1
+    }
+
+    /// The layer a packet with `rid` belongs to. A plain track takes every packet; a
+    /// simulcast one learns a rid it was not told of, up to [`MAX_LAYERS`].
+    pub fn layer_of(&mut self, rid: Option<Rid>, now: Instant) -> Option<usize> {
+        if !self.simulcast() && (rid.is_none() || self.layers[0].rid.is_none()) {
+            return Some(0);
+        }
+        if let Some(i) = self.layers.iter().position(|l| l.rid == rid) {
+            return Some(i);
+        }
+        if self.layers.len() < MAX_LAYERS && rid.is_some() {
+            self.layers.push(LayerIn::new(rid, now));
+            return Some(self.layers.len() - 1);
+        }
+        None
+    }
+
+    /// Layers being sent, by rate, lowest first: (layer index, bits/s). A layer not measured
+    /// long enough counts as 1 bit/s when it has sent something; a silent one is left out.
+    pub fn layers_by_rate(&self, now: Instant) -> Vec<(usize, u64)> {
+        let mut v: Vec<(usize, u64)> = self
+            .layers
+            .iter()
+            .enumerate()
+            .map(|(i, l)| (i, l.rate.settled_bps(now).unwrap_or(l.rate.bps(now).min(1))))
+            .filter(|(_, r)| *r > 0)
+            .collect();
+        v.sort_by_key(|(i, r)| (*r, *i));
+        v
+    }
+
+    /// The best layer being sent now.
+    pub fn top_layer(&self, now: Instant) -> Option<usize> {
+        self.layers_by_rate(now).last().map(|(i, _)| *i)
+    }
+
+    /// What the track costs at the given layer (bits/s).
+    pub fn rate_of(&self, layer: Option<usize>, now: Instant) -> u64 {
+        layer
+            .and_then(|i| self.layers.get(i))
+            .map_or(0, |l| l.rate.bps(now))
     }
 }
 
@@ -68,29 +162,38 @@ pub struct TrackOut {
     /// Mid on the subscriber peer, once in an offer.
     pub mid: Option<Mid>,
     pub state: OutState,
-    pub seq: SeqRebase,
+    /// Layer choice and the rewrite into one continuous stream.
+    pub fwd: Forwarder,
     /// Publisher payload type → subscriber payload type, learnt on first use.
     pub pt_map: Vec<(Pt, Pt)>,
-    /// The allocator lets it through (false: paused for lack of bandwidth).
-    pub forwarding: bool,
-    /// Resumed after a pause: nothing goes out before the start of a keyframe.
-    pub awaiting_keyframe: bool,
 }
 
 impl TrackOut {
-    pub fn new(source: (u64, Mid), source_participant: String, label: TrackLabel) -> TrackOut {
+    /// A copy of `track` (published by `source_participant`).
+    pub fn new(source: (u64, Mid), source_participant: String, track: &TrackIn) -> TrackOut {
+        let kind = track.kind;
+        let clock_rate = match kind {
+            TrackKind::Audio => 48_000,
+            TrackKind::Video => 90_000,
+        };
+        // A simulcast copy starts on a keyframe of its layer; a plain one anywhere (the
+        // subscriber's first PLI brings a keyframe soon).
+        let start_anywhere = kind == TrackKind::Audio || !track.simulcast();
         TrackOut {
             source,
             source_participant,
-            label,
-            kind: label.kind(),
+            label: track.label,
+            kind,
             mid: None,
             state: OutState::ToOpen,
-            seq: SeqRebase::default(),
+            fwd: Forwarder::new(clock_rate, start_anywhere),
             pt_map: Vec::new(),
-            forwarding: true,
-            awaiting_keyframe: false,
         }
+    }
+
+    /// Not paused by the allocator.
+    pub fn forwarding(&self) -> bool {
+        self.fwd.forwarding()
     }
 
     pub fn track_id(&self) -> String {
@@ -108,27 +211,35 @@ impl TrackOut {
 /// subscriber NACKs them: [`SeqRebase::resume`] closes that gap.
 #[derive(Debug, Default, Clone, Copy)]
 pub struct SeqRebase {
-    offset: Option<u64>,
+    offset: Option<i128>,
     /// Highest number handed out.
     last: u64,
+    /// Lowest number still to hand out: after a resume, late packets from before it would
+    /// reuse numbers already sent.
+    floor: u64,
 }
 
 impl SeqRebase {
     /// The subscriber's sequence number for a publisher's, or `None` for a packet older than
     /// the first one this subscriber got (it cannot be placed before sequence number 1).
     pub fn map(&mut self, seq: SeqNo) -> Option<SeqNo> {
-        let seq = *seq;
-        let offset = *self.offset.get_or_insert(seq.saturating_sub(1));
-        let out = seq.checked_sub(offset).filter(|s| *s > 0)?;
+        let seq = *seq as i128;
+        // publisher number − offset = subscriber number; signed, as a new simulcast layer's
+        // numbers may be below the ones already handed out.
+        let offset = *self.offset.get_or_insert(seq - 1);
+        let out = u64::try_from(seq - offset)
+            .ok()
+            .filter(|s| *s > 0 && *s >= self.floor)?;
         self.last = self.last.max(out);
         Some(SeqNo::from(out))
     }
 
-    /// Continue right after the last number handed out with the publisher's `seq`, skipping
-    /// what was dropped in between.
+    /// Continue right after the last number handed out with the publisher's `seq` (of the
+    /// same stream, or of another layer), skipping what was dropped in between.
     pub fn resume(&mut self, seq: SeqNo) {
         if self.offset.is_some() {
-            self.offset = Some((*seq).saturating_sub(self.last + 1));
+            self.offset = Some(*seq as i128 - (self.last as i128 + 1));
+            self.floor = self.last + 1;
         }
     }
 }
@@ -238,6 +349,8 @@ mod tests {
         r.resume(SeqNo::from(base + 100));
         assert_eq!(r.map(SeqNo::from(base + 100)).map(|s| *s), Some(7));
         assert_eq!(r.map(SeqNo::from(base + 101)).map(|s| *s), Some(8));
+        // A late packet from before the resume would reuse 6: dropped.
+        assert_eq!(r.map(SeqNo::from(base + 99)), None);
     }
 
     #[test]
@@ -257,16 +370,7 @@ mod tests {
     #[test]
     fn keyframe_requests_are_rate_limited_and_remembered() {
         let now = Instant::now();
-        let mut t = TrackIn {
-            mid: Mid::from("0"),
-            label: TrackLabel::Camera,
-            kind: TrackKind::Video,
-            subscribers: vec![],
-            taps: vec![],
-            last_keyframe_request: None,
-            keyframe_pending: false,
-            rate: RateMeter::new(now),
-        };
+        let mut t = LayerIn::new(None, now);
         assert!(t.take_keyframe_slot(now));
         assert!(!t.take_keyframe_slot(now + Duration::from_millis(100)));
         assert!(t.keyframe_pending);
