@@ -32,7 +32,7 @@ use webrtc::peer_connection::offer_answer_options::RTCOfferOptions;
 use webrtc::peer_connection::RTCPeerConnection;
 use webrtc::track::track_remote::TrackRemote;
 
-pub use peer::{LocalTrack, SyntheticVideo, VideoSent};
+pub use peer::{LocalTrack, SimulcastLayer, SyntheticVideo, VideoSent};
 
 /// How a client connects.
 #[derive(Debug, Clone, Default)]
@@ -229,6 +229,16 @@ impl Client {
 
     /// Publish tracks (Opus for audio labels, VP8 for video labels) in one offer.
     pub async fn publish(&mut self, labels: &[TrackLabel]) -> anyhow::Result<Vec<LocalTrack>> {
+        self.publish_layers(labels, &[]).await
+    }
+
+    /// Publish tracks in one offer, the video labels listed in `simulcast` as simulcast
+    /// layers (see [`peer::SIMULCAST_LAYERS`]).
+    pub async fn publish_layers(
+        &mut self,
+        labels: &[TrackLabel],
+        simulcast: &[TrackLabel],
+    ) -> anyhow::Result<Vec<LocalTrack>> {
         let existing = self.inner.publisher.lock().expect("lock").clone();
         let pc = match existing {
             Some(pc) => pc,
@@ -246,7 +256,7 @@ impl Client {
         let _one_at_a_time = self.inner.negotiating.lock().await;
         let mut added = Vec::new();
         for label in labels {
-            added.push(peer::add_local_track(&pc, *label).await?);
+            added.push(peer::add_local_track(&pc, *label, simulcast.contains(label)).await?);
         }
         negotiate_publisher(&self.inner, &pc, false, |published| {
             for t in added.iter_mut() {

@@ -4,7 +4,7 @@ use crate::{ClientEvent, Inner, RemoteTrack};
 use anyhow::anyhow;
 use consult_protocol::{TrackKind, TrackLabel};
 use std::net::SocketAddr;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 use tokio::sync::mpsc;
@@ -23,7 +23,7 @@ use webrtc::peer_connection::RTCPeerConnection;
 use webrtc::rtcp::payload_feedbacks::full_intra_request::FullIntraRequest;
 use webrtc::rtcp::payload_feedbacks::picture_loss_indication::PictureLossIndication;
 use webrtc::rtp_transceiver::rtp_codec::{
-    RTCRtpCodecCapability, RTCRtpCodecParameters, RTPCodecType,
+    RTCRtpCodecCapability, RTCRtpCodecParameters, RTCRtpHeaderExtensionCapability, RTPCodecType,
 };
 use webrtc::rtp_transceiver::rtp_transceiver_direction::RTCRtpTransceiverDirection;
 use webrtc::rtp_transceiver::{RTCPFeedback, RTCRtpTransceiver, RTCRtpTransceiverInit};
@@ -87,8 +87,25 @@ fn media_engine() -> anyhow::Result<MediaEngine> {
         },
         RTPCodecType::Video,
     )?;
+    // Simulcast layers are told apart by the rid header extension (with the mid's).
+    for uri in [
+        webrtc::sdp::extmap::SDES_MID_URI,
+        webrtc::sdp::extmap::SDES_RTP_STREAM_ID_URI,
+    ] {
+        m.register_header_extension(
+            RTCRtpHeaderExtensionCapability {
+                uri: uri.to_owned(),
+            },
+            RTPCodecType::Video,
+            None,
+        )?;
+    }
     Ok(m)
 }
+
+/// Simulcast layers a publisher sends, lowest first, and each one's share of the track's
+/// bitrate (as browsers do: quarter and half resolution).
+pub const SIMULCAST_LAYERS: [(&str, u64, u64); 3] = [("q", 1, 10), ("h", 1, 3), ("f", 1, 1)];
 
 /// How often our peers send RTCP receiver reports.
 const RECEIVER_REPORT_INTERVAL: Duration = Duration::from_millis(250);
@@ -140,6 +157,20 @@ pub struct LocalTrack {
     clock_rate: u32,
     /// PLI and FIR received from the SFU for this track.
     pub keyframe_requests: Arc<AtomicU64>,
+    /// Simulcast: every layer, lowest first (the first is `track`); empty for a plain track.
+    pub layers: Vec<SimulcastLayer>,
+}
+
+/// One simulcast encoding of a published track.
+pub struct SimulcastLayer {
+    pub rid: String,
+    pub track: Arc<TrackLocalStaticRTP>,
+    /// Share of the track's bitrate: numerator, denominator.
+    pub share: (u64, u64),
+    /// PLI and FIR received for this layer.
+    pub keyframe_requests: Arc<AtomicU64>,
+    /// Sent (true) or paused: a paused layer sends nothing, and starts again on a keyframe.
+    pub active: Arc<AtomicBool>,
 }
 
 impl LocalTrack {
@@ -256,89 +287,169 @@ impl LocalTrack {
     /// last with the marker bit), a keyframe four times the size of an interframe, sent on
     /// each keyframe request from the SFU and every `keyframe_interval`. Each packet is a
     /// synthetic payload with a packet counter (see [`crate::synthetic`]).
+    ///
+    /// A simulcast track sends every layer at its share of `v.bitrate_bps`, each with its own
+    /// keyframes; layer `i`'s packets carry the tag [`crate::synthetic::layer_tag`]`(tag, i)`.
     pub fn send_synthetic_video(&self, v: SyntheticVideo) -> tokio::task::JoinHandle<VideoSent> {
-        let track = self.track.clone();
-        let requests = self.keyframe_requests.clone();
-        let ticks = self.clock_rate / v.fps.max(1);
+        if self.layers.is_empty() {
+            return synthetic_video(
+                self.track.clone(),
+                self.keyframe_requests.clone(),
+                None,
+                self.clock_rate,
+                v,
+            );
+        }
+        let senders: Vec<_> = self
+            .layers
+            .iter()
+            .enumerate()
+            .map(|(i, l)| {
+                let layer = SyntheticVideo {
+                    tag: crate::synthetic::layer_tag(v.tag, i as u8),
+                    bitrate_bps: v.bitrate_bps * l.share.0 / l.share.1.max(1),
+                    ..v
+                };
+                synthetic_video(
+                    l.track.clone(),
+                    l.keyframe_requests.clone(),
+                    Some(l.active.clone()),
+                    self.clock_rate,
+                    layer,
+                )
+            })
+            .collect();
         tokio::spawn(async move {
-            let interval = Duration::from_secs(1) / v.fps.max(1);
-            let mut tick = tokio::time::interval(interval);
-            tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-            let frame_count = (v.duration.as_micros() / interval.as_micros().max(1)) as u32;
-            // Keyframes count four interframes: keep the average at the target rate.
-            let per_interval = v.keyframe_interval.as_micros() / interval.as_micros().max(1);
-            let frames_per_key = per_interval.max(1) as u64;
-            let delta_bytes = (v.bitrate_bps / 8 * frames_per_key
-                / (u64::from(v.fps.max(1)) * (frames_per_key + 3)))
-                .max(60) as usize;
-            let mut sent = VideoSent::default();
-            let (mut seq, mut counter) = (0u16, 0u32);
-            let mut last_key: Option<tokio::time::Instant> = None;
-            let mut seen_requests = requests.load(Ordering::Relaxed);
-            for frame in 0..frame_count {
-                let now = tick.tick().await;
-                let asked = requests.load(Ordering::Relaxed);
-                let key = asked != seen_requests
-                    || last_key.is_none_or(|t| now - t >= v.keyframe_interval);
-                seen_requests = asked;
-                if key {
-                    last_key = Some(now);
-                    sent.keyframes += 1;
+            let mut total = VideoSent::default();
+            for s in senders {
+                if let Ok(sent) = s.await {
+                    total.packets += sent.packets;
+                    total.frames += sent.frames;
+                    total.keyframes += sent.keyframes;
                 }
-                let bytes = if key { delta_bytes * 4 } else { delta_bytes };
-                let packets = bytes.div_ceil(VIDEO_PACKET_BYTES);
-                for i in 0..packets {
-                    let size = bytes / packets;
-                    let payload = crate::synthetic::make_video_payload(
-                        v.tag,
-                        counter,
-                        crate::synthetic::now_us(),
-                        size,
-                        i == 0,
-                        key,
-                    );
-                    let pkt = webrtc::rtp::packet::Packet {
-                        header: webrtc::rtp::header::Header {
-                            version: 2,
-                            marker: i + 1 == packets,
-                            sequence_number: seq,
-                            timestamp: frame.wrapping_mul(ticks),
-                            ..Default::default()
-                        },
-                        payload: payload.into(),
-                    };
-                    seq = seq.wrapping_add(1);
-                    counter += 1;
-                    if track.write_rtp(&pkt).await.is_ok() {
-                        sent.packets += 1;
-                    }
-                }
-                sent.frames += 1;
             }
-            sent
+            total
         })
     }
 }
 
+/// Send synthetic video on one encoding (see [`LocalTrack::send_synthetic_video`]).
+fn synthetic_video(
+    track: Arc<TrackLocalStaticRTP>,
+    requests: Arc<AtomicU64>,
+    active: Option<Arc<AtomicBool>>,
+    clock_rate: u32,
+    v: SyntheticVideo,
+) -> tokio::task::JoinHandle<VideoSent> {
+    let ticks = clock_rate / v.fps.max(1);
+    tokio::spawn(async move {
+        let interval = Duration::from_secs(1) / v.fps.max(1);
+        let mut tick = tokio::time::interval(interval);
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        let frame_count = (v.duration.as_micros() / interval.as_micros().max(1)) as u32;
+        // Keyframes count four interframes: keep the average at the target rate.
+        let per_interval = v.keyframe_interval.as_micros() / interval.as_micros().max(1);
+        let frames_per_key = per_interval.max(1) as u64;
+        let delta_bytes = (v.bitrate_bps / 8 * frames_per_key
+            / (u64::from(v.fps.max(1)) * (frames_per_key + 3)))
+            .max(60) as usize;
+        let mut sent = VideoSent::default();
+        let (mut seq, mut counter) = (0u16, 0u32);
+        let mut last_key: Option<tokio::time::Instant> = None;
+        let mut seen_requests = requests.load(Ordering::Relaxed);
+        for frame in 0..frame_count {
+            let now = tick.tick().await;
+            if active.as_ref().is_some_and(|a| !a.load(Ordering::Relaxed)) {
+                // Paused: the next frame sent is a keyframe.
+                last_key = None;
+                continue;
+            }
+            let asked = requests.load(Ordering::Relaxed);
+            let key =
+                asked != seen_requests || last_key.is_none_or(|t| now - t >= v.keyframe_interval);
+            seen_requests = asked;
+            if key {
+                last_key = Some(now);
+                sent.keyframes += 1;
+            }
+            let bytes = if key { delta_bytes * 4 } else { delta_bytes };
+            let packets = bytes.div_ceil(VIDEO_PACKET_BYTES);
+            for i in 0..packets {
+                let size = bytes / packets;
+                let payload = crate::synthetic::make_video_payload(
+                    v.tag,
+                    counter,
+                    crate::synthetic::now_us(),
+                    size,
+                    i == 0,
+                    key,
+                );
+                let pkt = webrtc::rtp::packet::Packet {
+                    header: webrtc::rtp::header::Header {
+                        version: 2,
+                        marker: i + 1 == packets,
+                        sequence_number: seq,
+                        timestamp: frame.wrapping_mul(ticks),
+                        ..Default::default()
+                    },
+                    payload: payload.into(),
+                };
+                seq = seq.wrapping_add(1);
+                counter += 1;
+                if track.write_rtp(&pkt).await.is_ok() {
+                    sent.packets += 1;
+                }
+            }
+            sent.frames += 1;
+        }
+        sent
+    })
+}
+
+/// Add a track to publish: Opus for audio labels, VP8 for video ones, as simulcast layers
+/// ([`SIMULCAST_LAYERS`]) when `simulcast` is set for a video label.
 pub async fn add_local_track(
     pc: &Arc<RTCPeerConnection>,
     label: TrackLabel,
+    simulcast: bool,
 ) -> anyhow::Result<LocalTrack> {
     let kind = label.kind();
     let (mime, clock_rate, channels) = match kind {
         TrackKind::Audio => (MIME_TYPE_OPUS, 48000, 2),
         TrackKind::Video => (MIME_TYPE_VP8, 90000, 0),
     };
-    let track = Arc::new(TrackLocalStaticRTP::new(
-        RTCRtpCodecCapability {
-            mime_type: mime.to_owned(),
-            clock_rate,
-            channels,
-            ..Default::default()
-        },
-        label.as_str().to_owned(),
-        "consult".to_owned(),
-    ));
+    let capability = RTCRtpCodecCapability {
+        mime_type: mime.to_owned(),
+        clock_rate,
+        channels,
+        ..Default::default()
+    };
+    let simulcast = simulcast && kind == TrackKind::Video;
+    let mut layers = Vec::new();
+    if simulcast {
+        for (rid, num, den) in SIMULCAST_LAYERS {
+            layers.push(SimulcastLayer {
+                rid: rid.to_owned(),
+                track: Arc::new(TrackLocalStaticRTP::new_with_rid(
+                    capability.clone(),
+                    label.as_str().to_owned(),
+                    rid.to_owned(),
+                    "consult".to_owned(),
+                )),
+                share: (num, den),
+                keyframe_requests: Arc::new(AtomicU64::new(0)),
+                active: Arc::new(AtomicBool::new(true)),
+            });
+        }
+    }
+    let track = match layers.first() {
+        Some(l) => l.track.clone(),
+        None => Arc::new(TrackLocalStaticRTP::new(
+            capability,
+            label.as_str().to_owned(),
+            "consult".to_owned(),
+        )),
+    };
     let transceiver = pc
         .add_transceiver_from_track(
             track.clone() as Arc<dyn TrackLocal + Send + Sync>,
@@ -349,21 +460,45 @@ pub async fn add_local_track(
         )
         .await?;
     // RTCP for this sender must be read for the interceptors (NACK responder, reports) to run;
-    // keyframe requests are counted for the user.
+    // keyframe requests are counted for the user (per layer with simulcast).
     let sender = transceiver.sender().await;
+    for l in layers.iter().skip(1) {
+        sender
+            .add_encoding(l.track.clone() as Arc<dyn TrackLocal + Send + Sync>)
+            .await?;
+    }
     let keyframe_requests = Arc::new(AtomicU64::new(0));
-    let counter = keyframe_requests.clone();
-    tokio::spawn(async move {
-        let mut buf = vec![0u8; 1500];
-        while let Ok((packets, _)) = sender.read(&mut buf).await {
-            for p in packets {
-                let any = p.as_any();
-                if any.is::<PictureLossIndication>() || any.is::<FullIntraRequest>() {
-                    counter.fetch_add(1, Ordering::Relaxed);
+    let readers: Vec<(Option<String>, Arc<AtomicU64>)> = if layers.is_empty() {
+        vec![(None, keyframe_requests.clone())]
+    } else {
+        layers
+            .iter()
+            .map(|l| (Some(l.rid.clone()), l.keyframe_requests.clone()))
+            .collect()
+    };
+    for (rid, layer_counter) in readers {
+        let sender = sender.clone();
+        let total = keyframe_requests.clone();
+        tokio::spawn(async move {
+            let mut buf = vec![0u8; 1500];
+            loop {
+                let read = match &rid {
+                    Some(rid) => sender.read_simulcast(&mut buf, rid).await,
+                    None => sender.read(&mut buf).await,
+                };
+                let Ok((packets, _)) = read else { break };
+                for p in packets {
+                    let any = p.as_any();
+                    if any.is::<PictureLossIndication>() || any.is::<FullIntraRequest>() {
+                        layer_counter.fetch_add(1, Ordering::Relaxed);
+                        if rid.is_some() {
+                            total.fetch_add(1, Ordering::Relaxed);
+                        }
+                    }
                 }
             }
-        }
-    });
+        });
+    }
     Ok(LocalTrack {
         label,
         kind,
@@ -372,6 +507,7 @@ pub async fn add_local_track(
         rtp: transceiver,
         clock_rate,
         keyframe_requests,
+        layers,
     })
 }
 

@@ -27,6 +27,17 @@ pub struct SyntheticInfo {
     pub sent_us: u64,
 }
 
+/// Tag of simulcast layer `layer` (0 = lowest) of the stream tagged `tag`: the layer rides in
+/// the top byte, so a receiver tells which layer it was forwarded.
+pub fn layer_tag(tag: u32, layer: u8) -> u32 {
+    (tag & 0x00ff_ffff) | (u32::from(layer) << 24)
+}
+
+/// The stream tag and simulcast layer of a received tag (layer 0 for a plain stream).
+pub fn split_tag(tag: u32) -> (u32, u8) {
+    (tag & 0x00ff_ffff, (tag >> 24) as u8)
+}
+
 pub fn now_us() -> u64 {
     SystemTime::now()
         .duration_since(UNIX_EPOCH)
@@ -127,6 +138,12 @@ pub fn check_payload(kind: TrackKind, payload: &[u8]) -> Option<SyntheticInfo> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn layer_tags_split_back() {
+        assert_eq!(split_tag(layer_tag(0x1234, 2)), (0x1234, 2));
+        assert_eq!(split_tag(77), (77, 0));
+    }
 
     #[test]
     fn round_trip_and_corruption_detected() {
