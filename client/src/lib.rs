@@ -75,6 +75,9 @@ impl std::fmt::Debug for ClientEvent {
     }
 }
 
+/// A simulcast layer's rid and its on/off switch.
+type LayerSwitch = (String, Arc<std::sync::atomic::AtomicBool>);
+
 /// Shared between the client handle and its dispatcher task.
 struct Inner {
     out: mpsc::UnboundedSender<ClientMsg>,
@@ -87,6 +90,9 @@ struct Inner {
     ice_restarts: std::sync::atomic::AtomicU32,
     /// Subscriber-side mid → what it carries, from the latest offer.
     subscribed: Mutex<HashMap<String, SubscribedTrack>>,
+    /// Publisher-side mid of each simulcast track → its layers' rids and on/off switches,
+    /// which the SFU's `publisher_layers` hints set.
+    layer_switches: Mutex<HashMap<String, Vec<LayerSwitch>>>,
     options: ClientOptions,
     closer: Arc<tokio::sync::Notify>,
 }
@@ -146,6 +152,7 @@ impl Client {
             published: Mutex::new(Vec::new()),
             ice_restarts: Default::default(),
             subscribed: Mutex::new(HashMap::new()),
+            layer_switches: Mutex::new(HashMap::new()),
             options,
             closer,
         });
@@ -270,6 +277,16 @@ impl Client {
             Ok(())
         })
         .await?;
+        let mut switches = self.inner.layer_switches.lock().expect("lock");
+        for t in added.iter().filter(|t| !t.layers.is_empty()) {
+            let layers = t
+                .layers
+                .iter()
+                .map(|l| (l.rid.clone(), l.active.clone()))
+                .collect();
+            switches.insert(t.mid.clone(), layers);
+        }
+        drop(switches);
         Ok(added)
     }
 
@@ -459,6 +476,21 @@ async fn dispatch(
                     }
                     Err(e) => tracing::warn!("cannot answer subscriber offer: {e:#}"),
                 }
+            }
+            ServerMsg::PublisherLayers { mid, active_rids } => {
+                if let Some(layers) = inner.layer_switches.lock().expect("lock").get(&mid) {
+                    for (rid, on) in layers {
+                        on.store(
+                            active_rids.contains(rid),
+                            std::sync::atomic::Ordering::Relaxed,
+                        );
+                    }
+                }
+                tracing::debug!(%mid, ?active_rids, "publisher layers");
+                let _ = events.send(ClientEvent::Server(ServerMsg::PublisherLayers {
+                    mid,
+                    active_rids,
+                }));
             }
             ServerMsg::Error { code, message } => {
                 let pending = inner.pending_publish.lock().expect("lock").take();

@@ -169,8 +169,12 @@ pub struct SimulcastLayer {
     pub share: (u64, u64),
     /// PLI and FIR received for this layer.
     pub keyframe_requests: Arc<AtomicU64>,
-    /// Sent (true) or paused: a paused layer sends nothing, and starts again on a keyframe.
+    /// Sent (true) or paused on the SFU's hint (nobody receives it): a paused layer sends
+    /// nothing, and starts again on a keyframe.
     pub active: Arc<AtomicBool>,
+    /// Held back by the publisher itself whatever the hints say (as a browser drops a layer
+    /// its uplink cannot carry).
+    pub held: Arc<AtomicBool>,
 }
 
 impl LocalTrack {
@@ -313,7 +317,7 @@ impl LocalTrack {
                 synthetic_video(
                     l.track.clone(),
                     l.keyframe_requests.clone(),
-                    Some(l.active.clone()),
+                    Some((l.active.clone(), l.held.clone())),
                     self.clock_rate,
                     layer,
                 )
@@ -337,7 +341,7 @@ impl LocalTrack {
 fn synthetic_video(
     track: Arc<TrackLocalStaticRTP>,
     requests: Arc<AtomicU64>,
-    active: Option<Arc<AtomicBool>>,
+    switches: Option<(Arc<AtomicBool>, Arc<AtomicBool>)>,
     clock_rate: u32,
     v: SyntheticVideo,
 ) -> tokio::task::JoinHandle<VideoSent> {
@@ -359,7 +363,10 @@ fn synthetic_video(
         let mut seen_requests = requests.load(Ordering::Relaxed);
         for frame in 0..frame_count {
             let now = tick.tick().await;
-            if active.as_ref().is_some_and(|a| !a.load(Ordering::Relaxed)) {
+            let sending = switches.as_ref().is_none_or(|(active, held)| {
+                active.load(Ordering::Relaxed) && !held.load(Ordering::Relaxed)
+            });
+            if !sending {
                 // Paused: the next frame sent is a keyframe.
                 last_key = None;
                 continue;
@@ -439,6 +446,7 @@ pub async fn add_local_track(
                 share: (num, den),
                 keyframe_requests: Arc::new(AtomicU64::new(0)),
                 active: Arc::new(AtomicBool::new(true)),
+                held: Arc::new(AtomicBool::new(false)),
             });
         }
     }

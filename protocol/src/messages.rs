@@ -275,6 +275,13 @@ pub enum ServerMsg {
         message: String,
     },
     Pong,
+    /// To a simulcast publisher: the layers (rids) of its track `mid` that someone receives.
+    /// The others may be paused to spare the uplink; a layer listed again is to be sent again
+    /// (starting with a keyframe).
+    PublisherLayers {
+        mid: String,
+        active_rids: Vec<String>,
+    },
 }
 
 /// Why a participant is no longer in the room.

@@ -51,6 +51,12 @@ pub enum SfuEvent {
         /// Track ids (`participant/mid`) paused now.
         paused: Vec<String>,
     },
+    /// To a simulcast publisher: the layers of its track `mid` someone receives (the others
+    /// may be paused).
+    PublisherLayers {
+        mid: String,
+        active_rids: Vec<String>,
+    },
 }
 
 /// A copy of one forwarded RTP packet, for a recorder.

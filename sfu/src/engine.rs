@@ -44,6 +44,9 @@ pub const SILENCE_IS_LOSS: Duration = Duration::from_secs(4);
 /// The longest the runner sleeps without a timeout check.
 const MAX_SLEEP: Duration = Duration::from_millis(100);
 
+/// A simulcast layer nobody has received for this long may be paused by its publisher.
+pub const LAYER_PAUSE_AFTER: Duration = Duration::from_secs(3);
+
 /// How often every subscriber's allocation is redone (besides on each new estimate).
 const ALLOCATION_INTERVAL: Duration = Duration::from_millis(250);
 
@@ -309,6 +312,7 @@ impl Engine {
             for key in keys {
                 self.allocate(now, key);
             }
+            self.update_layer_hints(now);
         }
         self.drain(now, tx);
     }
@@ -868,13 +872,71 @@ impl Engine {
                     }
                 }
                 if before != layer {
-                    debug!(participant = %p.id, track = %o.track_id(), ?before, ?layer, "layer target");
+                    debug!(participant = %p.id, track = %o.track_id(), ?before, ?layer, rates = ?demands[i].layers, order = ?orders[i], "layer target");
                 }
             }
         }
         self.notify_bandwidth(now, key);
         for ((src, mid), layer) in keyframes {
             self.request_keyframe(now, src, mid, layer, KeyframeRequestKind::Pli);
+        }
+    }
+
+    /// Tell simulcast publishers which layers someone receives: a layer no subscriber (nor
+    /// recorder) has wanted for [`LAYER_PAUSE_AFTER`] may be paused, one wanted again is asked
+    /// back at once.
+    fn update_layer_hints(&mut self, now: Instant) {
+        // (publisher, mid, layer) wanted by some subscriber: forwarded or switched to.
+        let mut wanted: Vec<(u64, Mid, usize)> = Vec::new();
+        for p in self.participants.values() {
+            for o in p.outs.iter().filter(|o| o.state == OutState::Open) {
+                for l in [o.fwd.current(), o.fwd.target()].into_iter().flatten() {
+                    wanted.push((o.source.0, o.source.1, l));
+                }
+            }
+        }
+        for (key, p) in self.participants.iter_mut() {
+            for t in p.tracks.iter_mut().filter(|t| t.simulcast()) {
+                let mut changed = false;
+                let tapped = (!t.taps.is_empty()).then_some(t.tap_layer).flatten();
+                for (i, l) in t.layers.iter_mut().enumerate() {
+                    let is_wanted = tapped == Some(i) || wanted.contains(&(*key, t.mid, i));
+                    if is_wanted {
+                        l.unwanted_since = None;
+                        if l.hinted_off {
+                            l.hinted_off = false;
+                            l.resumed_at = Some(now);
+                            changed = true;
+                        }
+                    } else {
+                        let since = *l.unwanted_since.get_or_insert(now);
+                        // Only a layer being sent is worth pausing; one the publisher stopped
+                        // on its own must stay free to come back (and be switched to).
+                        let rate = l.rate.bps(now);
+                        if !l.hinted_off
+                            && rate > 0
+                            && now.saturating_duration_since(since) >= LAYER_PAUSE_AFTER
+                        {
+                            l.hinted_off = true;
+                            l.last_rate = rate;
+                            changed = true;
+                        }
+                    }
+                }
+                if changed {
+                    let active_rids: Vec<String> = t
+                        .layers
+                        .iter()
+                        .filter(|l| !l.hinted_off)
+                        .filter_map(|l| l.rid.map(|r| r.to_string()))
+                        .collect();
+                    info!(participant = %p.id, mid = %t.mid, ?active_rids, "publisher layers");
+                    let _ = p.events.send(SfuEvent::PublisherLayers {
+                        mid: t.mid.to_string(),
+                        active_rids,
+                    });
+                }
+            }
         }
     }
 

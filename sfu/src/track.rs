@@ -24,7 +24,18 @@ pub struct LayerIn {
     pub last_keyframe_request: Option<Instant>,
     /// A keyframe was asked for while rate-limited; send it when the interval has passed.
     pub keyframe_pending: bool,
+    /// The publisher was told it may pause this layer (nobody received it).
+    pub hinted_off: bool,
+    /// Since when no subscriber has wanted it.
+    pub unwanted_since: Option<Instant>,
+    /// When it was last asked back after a pause hint.
+    pub resumed_at: Option<Instant>,
+    /// Its rate when it was hinted off: the allocator can still choose it.
+    pub last_rate: u64,
 }
+
+/// After a layer is asked back, its remembered rate stands in until it flows again.
+pub const RESUME_GRACE: Duration = Duration::from_secs(2);
 
 impl LayerIn {
     pub fn new(rid: Option<Rid>, now: Instant) -> LayerIn {
@@ -33,6 +44,28 @@ impl LayerIn {
             rate: RateMeter::new(now),
             last_keyframe_request: None,
             keyframe_pending: false,
+            hinted_off: false,
+            unwanted_since: None,
+            resumed_at: None,
+            last_rate: 0,
+        }
+    }
+
+    /// The rate the allocator counts: what flows (1 bit/s while not measured long enough), or
+    /// for a layer paused on our hint (or just asked back) the rate it had.
+    pub fn effective_bps(&self, now: Instant) -> u64 {
+        let measured = self
+            .rate
+            .settled_bps(now)
+            .unwrap_or(self.rate.bps(now).min(1));
+        let remembered = self.hinted_off
+            || self
+                .resumed_at
+                .is_some_and(|t| now.saturating_duration_since(t) < RESUME_GRACE);
+        if remembered {
+            measured.max(self.last_rate)
+        } else {
+            measured
         }
     }
 
@@ -110,14 +143,15 @@ impl TrackIn {
         None
     }
 
-    /// Layers being sent, by rate, lowest first: (layer index, bits/s). A layer not measured
-    /// long enough counts as 1 bit/s when it has sent something; a silent one is left out.
+    /// Layers that can be forwarded, by rate, lowest first: (layer index, bits/s). A layer
+    /// not measured long enough counts as 1 bit/s when it has sent something; a silent one is
+    /// left out, unless it is silent on our hint (see [`LayerIn::effective_bps`]).
     pub fn layers_by_rate(&self, now: Instant) -> Vec<(usize, u64)> {
         let mut v: Vec<(usize, u64)> = self
             .layers
             .iter()
             .enumerate()
-            .map(|(i, l)| (i, l.rate.settled_bps(now).unwrap_or(l.rate.bps(now).min(1))))
+            .map(|(i, l)| (i, l.effective_bps(now)))
             .filter(|(_, r)| *r > 0)
             .collect();
         v.sort_by_key(|(i, r)| (*r, *i));
@@ -376,6 +410,47 @@ mod tests {
         assert!(t.keyframe_pending);
         assert!(t.take_keyframe_slot(now + KEYFRAME_REQUEST_INTERVAL));
         assert!(!t.keyframe_pending);
+    }
+
+    #[test]
+    fn simulcast_layers_are_ranked_by_rate_and_remembered_while_paused_on_a_hint() {
+        let t0 = Instant::now();
+        let rids: Vec<Rid> = ["q", "h", "f"].iter().map(|r| Rid::from(*r)).collect();
+        let mut t = TrackIn::new(Mid::from("1"), TrackLabel::Camera, &rids, t0);
+        assert!(t.simulcast());
+        assert_eq!(t.layer_of(Some(Rid::from("h")), t0), Some(1));
+        // A plain packet on a simulcast track belongs nowhere; a new rid is learnt.
+        assert_eq!(t.layer_of(None, t0), None);
+        assert_eq!(t.layer_of(Some(Rid::from("x")), t0), Some(3));
+        assert_eq!(t.layer_of(Some(Rid::from("y")), t0), None, "at most four");
+        // f at 800, h at 300, q at 100 kbit/s for one second.
+        for i in 0..100u64 {
+            let at = t0 + Duration::from_millis(i * 10);
+            t.layers[2].rate.add(at, 1000);
+            t.layers[1].rate.add(at, 375);
+            t.layers[0].rate.add(at, 125);
+        }
+        let now = t0 + Duration::from_millis(1000);
+        let order: Vec<usize> = t.layers_by_rate(now).iter().map(|l| l.0).collect();
+        assert_eq!(order, vec![0, 1, 2]);
+        assert_eq!(t.top_layer(now), Some(2));
+        // f stops by itself: out of the ranking. h stops on our hint: still there.
+        t.layers[1].hinted_off = true;
+        t.layers[1].last_rate = 300_000;
+        let later = now + Duration::from_secs(2);
+        let ranked = t.layers_by_rate(later);
+        assert_eq!(ranked, vec![(1, 300_000)]);
+        assert_eq!(t.top_layer(later), Some(1));
+    }
+
+    #[test]
+    fn a_plain_track_takes_every_packet() {
+        let t0 = Instant::now();
+        let mut t = TrackIn::new(Mid::from("0"), TrackLabel::Stethoscope, &[], t0);
+        assert!(!t.simulcast());
+        assert_eq!(t.layer_of(None, t0), Some(0));
+        assert_eq!(t.layer_of(Some(Rid::from("a")), t0), Some(0));
+        assert_eq!(t.tap_layer, Some(0));
     }
 
     #[test]

@@ -311,6 +311,11 @@ pub async fn run_session(state: Arc<AppState>, socket: WebSocket) {
                         break;
                     }
                 }
+                SfuEvent::PublisherLayers { mid, active_rids } => {
+                    if !send(&mut sink, &ServerMsg::PublisherLayers { mid, active_rids }).await {
+                        break;
+                    }
+                }
                 SfuEvent::IceRestarted(target) => {
                     let detail = crate::incidents::ice_restart(target);
                     state.audit.record(&room, Some(&claims.sub), "incident", None, detail);

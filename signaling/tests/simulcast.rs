@@ -92,16 +92,36 @@ async fn the_physician_follows_the_best_layer_in_one_continuous_stream() {
     // Phase 1 (0–5 s): all three layers. Phase 2 (5–10 s): the top layer stops.
     // Phase 3 (10–16 s): it is back.
     tokio::time::sleep(Duration::from_secs(5)).await;
+    // Nobody receives the two lower layers: the SFU told the cart it may pause them.
+    let active = |l: usize| camera.layers[l].active.load(Ordering::Relaxed);
+    let hints_1 = (active(0), active(1), active(2));
+    // The cart stops its top layer (as a browser does when its own uplink shrinks): the SFU
+    // asks the middle one back and switches the physician to it.
     let top = &camera.layers[2];
-    top.active.store(false, Ordering::Relaxed);
+    top.held.store(true, Ordering::Relaxed);
     let paused_at = t0.elapsed();
     tokio::time::sleep(Duration::from_secs(5)).await;
-    top.active.store(true, Ordering::Relaxed);
+    let hints_2 = (active(0), active(1));
+    top.held.store(false, Ordering::Relaxed);
     let resumed_at = t0.elapsed();
     let _ = sent.await.unwrap();
     let _ = steth.await.unwrap();
     tokio::time::sleep(Duration::from_millis(500)).await;
 
+    let mut hints = Vec::new();
+    while let Some(ev) = cart.next_event(Duration::from_millis(50)).await {
+        if let consult_client::ClientEvent::Server(consult_protocol::ServerMsg::PublisherLayers {
+            active_rids,
+            ..
+        }) = ev
+        {
+            hints.push(active_rids);
+        }
+    }
+    eprintln!("layer hints to the cart: {hints:?}");
+    assert_eq!(hints_1, (false, false, true), "q, h paused; f sent");
+    assert_eq!(hints_2, (false, true), "h asked back while f is off");
+    assert!(hints.len() >= 3, "{hints:?}");
     let got = got.lock().unwrap().clone();
     assert_eq!(corrupt.load(Ordering::Relaxed), 0, "corrupt packets");
     assert!(got.len() > 300, "only {} camera packets", got.len());
