@@ -51,7 +51,8 @@ async function startPreview() {
   const cam = $("sel-camera").value;
   const mic = $("sel-microphone").value;
   state.previewStream = await navigator.mediaDevices.getUserMedia({
-    video: cam ? { deviceId: { exact: cam }, width: { ideal: 1280 }, height: { ideal: 720 } } : true,
+    // 720p, so the camera can be sent as three simulcast layers (720p, 360p, 180p).
+    video: { ...(cam ? { deviceId: { exact: cam } } : {}), width: { ideal: 1280 }, height: { ideal: 720 } },
     audio: mic ? { deviceId: { exact: mic } } : true,
   });
   $("preview").srcObject = state.previewStream;

@@ -8,6 +8,13 @@ export const PROTOCOL_VERSION = 1;
 const STETHOSCOPE_OPUS_FMTP =
   "minptime=10;useinbandfec=1;usedtx=0;stereo=0;sprop-stereo=0;maxplaybackrate=48000;maxaveragebitrate=128000";
 
+// Simulcast layers of the room camera, lowest first (rids as the SFU and the Rust client use).
+const CAMERA_LAYERS = [
+  { rid: "q", scaleResolutionDownBy: 4, maxBitrate: 150000 },
+  { rid: "h", scaleResolutionDownBy: 2, maxBitrate: 500000 },
+  { rid: "f", scaleResolutionDownBy: 1, maxBitrate: 1500000 },
+];
+
 /** Decode a JWT's claims for display (the server verifies the token, not us). */
 export function tokenClaims(token) {
   try {
@@ -202,6 +209,9 @@ export class ConsultClient extends EventTarget {
         this.bandwidth = msg;
         this.emit("bandwidth", msg);
         break;
+      case "publisher_layers":
+        this.setActiveLayers(msg.mid, msg.active_rids).catch((e) => this.emit("problem", { code: "internal", message: String(e) }));
+        break;
       case "error":
         if (this.pendingPublish && (msg.code === "bad_sdp" || msg.code === "not_admitted")) {
           this.pendingPublish.reject(new Error(msg.message));
@@ -235,6 +245,9 @@ export class ConsultClient extends EventTarget {
       stream.addTrack(track);
       const init = { direction: "sendonly", streams: [stream] };
       if (label === "stethoscope") init.sendEncodings = [{ maxBitrate: 128000, priority: "high", networkPriority: "high" }];
+      // The room camera as simulcast: the SFU forwards each subscriber the layer its link
+      // carries, and tells us (publisher_layers) which layers nobody receives.
+      if (label === "camera") init.sendEncodings = CAMERA_LAYERS.map((l) => ({ ...l }));
       const tr = this.publisher.addTransceiver(track, init);
       added.push({ transceiver: tr, label, track });
     }
@@ -244,6 +257,17 @@ export class ConsultClient extends EventTarget {
       }
     });
     return this.published;
+  }
+
+  /** Pause the simulcast layers of a published track that nobody receives (SFU hint). */
+  async setActiveLayers(mid, activeRids) {
+    const p = this.published.find((x) => x.mid === mid);
+    if (!p) return;
+    const params = p.sender.getParameters();
+    if (!params.encodings || !params.encodings.some((e) => e.rid)) return;
+    for (const e of params.encodings) if (e.rid) e.active = activeRids.includes(e.rid);
+    await p.sender.setParameters(params);
+    this.emit("layers", { mid, active_rids: activeRids });
   }
 
   /** Offer on the publisher connection and apply the answer; one negotiation at a time. */
@@ -431,7 +455,7 @@ export class ConsultClient extends EventTarget {
           const info = this.subscribed.get(s.mid) || {};
           out.inbound.push({ ...info, kind: s.kind, mid: s.mid, bytesReceived: s.bytesReceived, packetsReceived: s.packetsReceived, packetsLost: s.packetsLost, jitter: s.jitter, framesDecoded: s.framesDecoded, frameWidth: s.frameWidth, frameHeight: s.frameHeight });
         } else if (s.type === "outbound-rtp") {
-          out.outbound.push({ kind: s.kind, mid: s.mid, bytesSent: s.bytesSent, packetsSent: s.packetsSent });
+          out.outbound.push({ kind: s.kind, mid: s.mid, rid: s.rid, bytesSent: s.bytesSent, packetsSent: s.packetsSent, framesEncoded: s.framesEncoded, frameWidth: s.frameWidth });
         }
       });
     }

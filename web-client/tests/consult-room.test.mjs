@@ -175,6 +175,27 @@ test("waiting room, admission, media both ways, stethoscope settings and a still
     inbound(s, "microphone").some((i) => i.bytesReceived > inbound(cartFirst, "microphone")[0].bytesReceived + 1000),
   );
 
+  // The cart's camera goes out as simulcast layers; the physician is forwarded the best one,
+  // and the layers nobody receives are paused on the SFU's hint.
+  const camMid = await cart.evaluate(() => window.consult.client.published.find((p) => p.label === "camera").mid);
+  const layersSent = await waitStats(cart, "cart sends camera layers", (s) =>
+    s.outbound.filter((o) => o.mid === camMid && o.rid && o.framesEncoded > 0).length >= 2,
+  );
+  const sentLayers = layersSent.outbound.filter((o) => o.mid === camMid && o.rid);
+  const topWidth = Math.max(...sentLayers.map((o) => o.frameWidth || 0));
+  console.log(`camera layers sent: ${JSON.stringify(sentLayers.map((o) => [o.rid, o.frameWidth]))}`);
+  await waitStats(doc, "physician gets the top camera layer", (s) =>
+    inbound(s, "camera").some((i) => i.frameWidth === topWidth && i.framesDecoded > 0),
+  );
+  const encodings = await waitFor(async () => {
+    const e = await cart.evaluate((mid) => {
+      const p = window.consult.client.published.find((x) => x.mid === mid);
+      return p.sender.getParameters().encodings.map((x) => [x.rid, x.active]);
+    }, camMid);
+    return e.every(([rid, active]) => active === (rid === "f")) ? e : null;
+  }, 20000);
+  console.log(`camera encodings after the SFU's hints: ${JSON.stringify(encodings)}`);
+
   // The stethoscope is captured raw and sent as fullband Opus without DTX.
   const steth = await cart.evaluate(() => {
     const c = window.consult;
