@@ -222,6 +222,10 @@ fn add_to(b: &mut Breakdown, key: &str, r: &receive::TrackStats) {
     l.packets_received += r.received;
     l.window_received += r.window_received();
     l.window_lost += r.window_lost();
+    for (sum, n) in l.layer_packets.iter_mut().zip(r.layer_packets) {
+        *sum += n;
+    }
+    l.layer_switches += r.layer_switches();
     let _ = h.add(&r.latency_us);
 }
 

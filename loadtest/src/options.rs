@@ -46,6 +46,10 @@ pub struct Options {
     /// What each patient publishes.
     #[arg(long, default_value = "microphone,camera", value_parser = parse_labels)]
     pub patient_tracks: Labels,
+    /// Video labels published as three simulcast layers (q/h/f at 1/10, 1/3 and all of the
+    /// label's rate), e.g. `camera`; `none` for plain tracks.
+    #[arg(long, default_value = "none", value_parser = parse_labels)]
+    pub simulcast: Labels,
 
     /// Speech (microphone) payload rate, kbit/s, in 20 ms packets.
     #[arg(long, default_value_t = 32)]
@@ -254,6 +258,14 @@ impl Options {
         }
         if self.keyframe_interval <= 0.0 {
             return Err("--keyframe-interval must be positive".into());
+        }
+        if let Some(l) = self
+            .simulcast
+            .0
+            .iter()
+            .find(|l| l.kind() != TrackKind::Video)
+        {
+            return Err(format!("--simulcast: {l} is not a video label"));
         }
         Ok(())
     }

@@ -174,7 +174,7 @@ async fn drive(
     let labels = o.tracks_of(seat.role).to_vec();
     let mut senders: Vec<(TrackLabel, JoinHandle<u64>)> = Vec::new();
     if !labels.is_empty() {
-        let tracks = client.publish(&labels).await?;
+        let tracks = client.publish_layers(&labels, &o.simulcast.0).await?;
         let left = ctx.media_end.saturating_duration_since(Instant::now());
         for t in tracks {
             let tag = seat.index * 8 + t.label as u32;

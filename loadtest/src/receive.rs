@@ -2,7 +2,7 @@
 //! packet counters, one-way latency from the send timestamps (same clock on one machine) and
 //! RFC 3550 interarrival jitter.
 
-use consult_client::synthetic::{check_payload, now_us};
+use consult_client::synthetic::{check_payload, now_us, split_tag};
 use consult_protocol::{Role, TrackKind, TrackLabel};
 use hdrhistogram::Histogram;
 use std::time::Instant;
@@ -81,7 +81,11 @@ pub struct TrackStats {
     /// Payloads that were not intact synthetic packets.
     pub corrupt: u64,
     pub first_at: Option<Instant>,
-    counters: CounterSet,
+    /// Packet counters per run of one simulcast layer (a plain track has one run): each
+    /// layer has its own counters, and a switch leaves gaps that are not loss.
+    runs: Vec<(u8, CounterSet)>,
+    /// Packets received in the window per simulcast layer (0 = lowest, or a plain track).
+    pub layer_packets: [u64; 4],
     /// One-way delay sender → receiver, µs, packets in the window.
     pub latency_us: Histogram<u64>,
     jitter_us: f64,
@@ -98,7 +102,8 @@ impl TrackStats {
             received: 0,
             corrupt: 0,
             first_at: None,
-            counters: CounterSet::default(),
+            runs: Vec::new(),
+            layer_packets: [0; 4],
             latency_us: latency_histogram(),
             jitter_us: 0.0,
             last_transit_us: None,
@@ -117,7 +122,21 @@ impl TrackStats {
         if !self.window.contains(at) {
             return;
         }
-        self.counters.insert(info.counter);
+        let layer = split_tag(info.tag).1;
+        if let Some(n) = self.layer_packets.get_mut(usize::from(layer)) {
+            *n += 1;
+        }
+        match self.runs.last_mut() {
+            Some((l, run)) if *l == layer => run.insert(info.counter),
+            _ => {
+                // A switch: a new run (a late packet of the previous layer makes a short one).
+                if self.runs.len() < 10_000 {
+                    let mut run = CounterSet::default();
+                    run.insert(info.counter);
+                    self.runs.push((layer, run));
+                }
+            }
+        }
         let transit = recv_us as i64 - info.sent_us as i64;
         let _ = self.latency_us.record(transit.max(1) as u64);
         if let Some(prev) = self.last_transit_us {
@@ -133,15 +152,20 @@ impl TrackStats {
 
     /// Distinct packets received in the window.
     pub fn window_received(&self) -> u64 {
-        self.counters.distinct
+        self.runs.iter().map(|r| r.1.distinct).sum()
     }
 
     pub fn window_lost(&self) -> u64 {
-        self.counters.lost()
+        self.runs.iter().map(|r| r.1.lost()).sum()
     }
 
     pub fn duplicates(&self) -> u64 {
-        self.counters.duplicates
+        self.runs.iter().map(|r| r.1.duplicates).sum()
+    }
+
+    /// Simulcast layer switches seen in the window.
+    pub fn layer_switches(&self) -> usize {
+        self.runs.len().saturating_sub(1)
     }
 
     pub fn jitter_ms(&self) -> f64 {
@@ -189,6 +213,8 @@ mod tests {
         assert_eq!(s.window_received(), 9);
         assert_eq!(s.window_lost(), 1);
         assert_eq!(s.duplicates(), 1);
+        assert_eq!(s.layer_switches(), 0);
+        assert_eq!(s.layer_packets[0], 10);
         assert_eq!(s.latency_us.value_at_quantile(0.5), 1_000);
         assert!(s.latency_us.max() >= 3_990);
         // The 3 ms step in and out of packet 7 shows as jitter.
@@ -213,5 +239,31 @@ mod tests {
         assert_eq!(s.received, 2);
         assert_eq!(s.window_received(), 0);
         assert_eq!(s.latency_us.len(), 0);
+    }
+
+    #[test]
+    fn simulcast_switches_are_not_loss() {
+        use consult_client::synthetic::layer_tag;
+        let t0 = Instant::now();
+        let mut s = TrackStats::new(
+            TrackLabel::Camera,
+            TrackKind::Video,
+            Role::Companion,
+            window(t0),
+        );
+        let mut feed = |layer: u8, counters: std::ops::Range<u32>| {
+            for c in counters {
+                let p = make_payload(TrackKind::Video, layer_tag(4, layer), c, 1_000, 200);
+                s.on_payload(t0 + Duration::from_millis(u64::from(c)), 2_000, &p);
+            }
+        };
+        // Top layer, then the middle one for a while (one packet lost), then the top again.
+        feed(2, 0..100);
+        feed(1, 500..550);
+        feed(1, 551..600);
+        feed(2, 300..400);
+        assert_eq!(s.layer_switches(), 2);
+        assert_eq!(s.window_lost(), 1);
+        assert_eq!(s.layer_packets, [0, 99, 200, 0]);
     }
 }

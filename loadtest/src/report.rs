@@ -62,6 +62,10 @@ pub struct LabelSummary {
     pub window_lost: u64,
     pub loss_pct: f64,
     pub latency_ms: Summary,
+    /// Packets received per simulcast layer (lowest first; a plain track counts as layer 0),
+    /// and layer switches seen.
+    pub layer_packets: [u64; 4],
+    pub layer_switches: usize,
 }
 
 #[derive(Debug, Clone, Default, Serialize)]
@@ -258,10 +262,24 @@ impl Report {
         );
         row(&mut s, "one-way latency (ms)", &m.latency_ms);
         for (label, l) in &m.by_label {
+            let layers = if l.layer_packets[1..].iter().any(|n| *n > 0) {
+                let total = l.layer_packets.iter().sum::<u64>().max(1) as f64;
+                let shares: Vec<String> = l.layer_packets[..3]
+                    .iter()
+                    .map(|n| format!("{:.0}", *n as f64 * 100.0 / total))
+                    .collect();
+                format!(
+                    ", layers q/h/f {} %, {} switches",
+                    shares.join("/"),
+                    l.layer_switches
+                )
+            } else {
+                String::new()
+            };
             row(
                 &mut s,
                 &format!(
-                    "  {label} ({} streams, {:.2} % lost)",
+                    "  {label} ({} streams, {:.2} % lost{layers})",
                     l.streams, l.loss_pct
                 ),
                 &l.latency_ms,

@@ -32,6 +32,8 @@ async fn two_rooms_report_counts_latency_and_server_figures() {
         "physician",
         "--impair-delay-ms",
         "40",
+        "--simulcast",
+        "camera",
         "--sfu-addr",
         &sfu,
         "--server-pid",
@@ -66,6 +68,16 @@ async fn two_rooms_report_counts_latency_and_server_figures() {
     for label in ["camera", "microphone", "otoscope", "stethoscope"] {
         assert!(m.by_label.contains_key(label), "{label} missing");
     }
+    // Cameras go out as simulcast: receivers get the top layer (the SFU starts on whichever
+    // layer's keyframe comes first, then switches up).
+    let cam = &m.by_label["camera"];
+    let total: u64 = cam.layer_packets.iter().sum();
+    assert!(
+        cam.layer_packets[2] * 10 >= total * 9,
+        "camera layers {:?}",
+        cam.layer_packets
+    );
+    assert_eq!(m.by_label["otoscope"].layer_packets[1..], [0, 0, 0]);
     let s = &report.server;
     let c = s.counters.as_ref().expect("metrics scraped");
     assert!(c.rtp_forwarded > c.rtp_in, "{c:?}");
