@@ -10,6 +10,7 @@ pub mod fidelity;
 pub mod heart;
 pub mod impair;
 mod peer;
+pub mod red;
 pub mod relay;
 mod rtx;
 mod signal;
@@ -32,7 +33,7 @@ use webrtc::peer_connection::offer_answer_options::RTCOfferOptions;
 use webrtc::peer_connection::RTCPeerConnection;
 use webrtc::track::track_remote::TrackRemote;
 
-pub use peer::{LocalTrack, SimulcastLayer, SyntheticVideo, VideoSent};
+pub use peer::{LocalTrack, SimulcastLayer, SyntheticVideo, VideoSent, PT_RED, SIMULCAST_LAYERS};
 
 /// How a client connects.
 #[derive(Debug, Clone, Default)]
@@ -48,6 +49,10 @@ pub struct ClientOptions {
     /// ICE is declared failed after this long without connectivity (webrtc-rs default: 25 s);
     /// the client then restarts ICE on both connections by itself.
     pub ice_failed_after: Option<Duration>,
+    /// Negotiate RED (RFC 2198) around Opus: the SFU may then send audio with redundancy when
+    /// this client's link loses packets. The application reads RED payloads as they come
+    /// (see [`red::blocks`]).
+    pub red: bool,
 }
 
 /// A remote track the client now receives.
@@ -160,6 +165,7 @@ impl Client {
         let subscriber = peer::new_peer_connection(
             !inner.options.without_rtx_repair,
             inner.options.ice_failed_after,
+            inner.options.red,
         )
         .await?;
         peer::on_remote_track(&subscriber, inner.clone(), events_tx.clone());
@@ -253,6 +259,7 @@ impl Client {
                 let pc = peer::new_peer_connection(
                     !self.inner.options.without_rtx_repair,
                     self.inner.options.ice_failed_after,
+                    self.inner.options.red,
                 )
                 .await?;
                 watch_ice(&pc, PeerTarget::Publisher, self.restart_needed.clone());

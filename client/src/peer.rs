@@ -31,11 +31,30 @@ use webrtc::track::track_local::track_local_static_rtp::TrackLocalStaticRTP;
 use webrtc::track::track_local::{TrackLocal, TrackLocalWriter};
 
 const PT_OPUS: u8 = 111;
+/// RED around Opus (the payload type str0m and browsers use).
+pub const PT_RED: u8 = 63;
 const PT_VP8: u8 = 96;
 const PT_VP8_RTX: u8 = 97;
 
-fn media_engine() -> anyhow::Result<MediaEngine> {
+fn media_engine(red: bool) -> anyhow::Result<MediaEngine> {
     let mut m = MediaEngine::default();
+    if red {
+        // Listed before Opus: the preferred audio format when the SFU offers it.
+        m.register_codec(
+            RTCRtpCodecParameters {
+                capability: RTCRtpCodecCapability {
+                    mime_type: "audio/red".to_owned(),
+                    clock_rate: 48000,
+                    channels: 2,
+                    sdp_fmtp_line: format!("{PT_OPUS}/{PT_OPUS}"),
+                    rtcp_feedback: vec![],
+                },
+                payload_type: PT_RED,
+                ..Default::default()
+            },
+            RTPCodecType::Audio,
+        )?;
+    }
     m.register_codec(
         RTCRtpCodecParameters {
             capability: RTCRtpCodecCapability {
@@ -113,8 +132,9 @@ const RECEIVER_REPORT_INTERVAL: Duration = Duration::from_millis(250);
 pub async fn new_peer_connection(
     rtx_repair: bool,
     ice_failed_after: Option<std::time::Duration>,
+    red: bool,
 ) -> anyhow::Result<Arc<RTCPeerConnection>> {
-    let mut m = media_engine()?;
+    let mut m = media_engine(red)?;
     let mut registry = Registry::new();
     if rtx_repair {
         // First, so it sits next to the network: see `rtx.rs`.

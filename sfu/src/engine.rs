@@ -15,6 +15,7 @@ use crate::track::{map_payload_type, OutState, TrackIn, TrackOut};
 use consult_protocol::{ParticipantId, PeerTarget, PublishedTrack, SubscribedTrack, TrackKind};
 use std::collections::HashMap;
 use std::net::SocketAddr;
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 use str0m::bwe::{Bitrate, BweKind};
 use str0m::change::{SdpAnswer, SdpOffer, SdpPendingOffer};
@@ -91,6 +92,8 @@ struct Participant {
     bwe_targets: (u64, u64),
     /// Tracks the participant pinned: served before others of lower clinical rank.
     pinned: Vec<(u64, Mid)>,
+    /// Whether its link loses enough for audio redundancy.
+    red_policy: crate::red::RedPolicy,
 }
 
 impl Participant {
@@ -489,6 +492,7 @@ impl Engine {
                 low_since: None,
                 bwe_targets: (0, 0),
                 pinned: Vec::new(),
+                red_policy: crate::red::RedPolicy::default(),
             },
         );
         self.negotiate_subscriber(key);
@@ -876,6 +880,7 @@ impl Engine {
                 }
             }
         }
+        self.choose_red(now, key, estimate, &demands);
         self.notify_bandwidth(now, key);
         for ((src, mid), layer) in keyframes {
             self.request_keyframe(now, src, mid, layer, KeyframeRequestKind::Pli);
@@ -936,6 +941,54 @@ impl Engine {
                         active_rids,
                     });
                 }
+            }
+        }
+    }
+
+    /// Which audio tracks a subscriber gets with redundancy (RED): when its link loses packets,
+    /// by clinical rank (the stethoscope first), as long as the doubled rate fits what the
+    /// estimate leaves (all of them without an estimate).
+    fn choose_red(
+        &mut self,
+        now: Instant,
+        key: u64,
+        estimate: Option<u64>,
+        demands: &[TrackDemand<(u64, Mid)>],
+    ) {
+        let Some(p) = self.participants.get_mut(&key) else {
+            return;
+        };
+        let lossy = p
+            .red_policy
+            .update(now, p.subscriber.counters.link.loss_to_client);
+        debug!(participant = %p.id, lossy, loss = ?p.subscriber.counters.link.loss_to_client, red_pts = ?p.outs.iter().map(|o| o.red_pt).collect::<Vec<_>>(), "red policy");
+        let mut room = estimate
+            .map(|e| (e as f64 * crate::allocator::USABLE_SHARE) as i64 - p.allocated_bps as i64);
+        let mut audio: Vec<(u8, usize)> = p
+            .outs
+            .iter()
+            .enumerate()
+            .filter(|(_, o)| o.kind == TrackKind::Audio && o.state == OutState::Open)
+            .map(|(i, o)| (crate::allocator::clinical_rank(o.label), i))
+            .collect();
+        audio.sort_unstable();
+        for (_, i) in audio {
+            let o = &mut p.outs[i];
+            let rate = demands
+                .iter()
+                .find(|d| d.key == o.source)
+                .and_then(|d| d.layers.first().copied())
+                .unwrap_or(0) as i64;
+            let fits = room.is_none_or(|r| r >= rate);
+            let red = lossy && o.red_pt.is_some() && fits;
+            if red {
+                if let Some(r) = room.as_mut() {
+                    *r -= rate;
+                }
+            }
+            if red != o.red {
+                info!(participant = %p.id, track = %o.track_id(), red, loss = ?p.subscriber.counters.link.loss_to_client, "audio redundancy");
+                o.red = red;
             }
         }
     }
@@ -1254,15 +1307,35 @@ impl Engine {
         self.fanout.clear();
         self.fanout.extend_from_slice(&track.subscribers);
         let in_pt = pkt.header.payload_type;
-        let in_spec = p
-            .publisher
-            .rtc
-            .codec_config()
-            .params()
-            .iter()
-            .find(|c| c.pt() == in_pt)
-            .copied();
+        // The codec, and whether the packet is RED (RFC 2198) around it.
+        let params = p.publisher.rtc.codec_config().params();
+        let (in_spec, in_red) = match params.iter().find(|c| c.pt() == in_pt) {
+            Some(c) => (Some(*c), false),
+            None => (
+                params.iter().find(|c| c.red() == Some(in_pt)).copied(),
+                true,
+            ),
+        };
         let codec = in_spec.map(|c| c.spec().codec);
+        // Audio as plain Opus, and as RED when some subscriber takes it (built once).
+        let (plain, mut red): (Arc<[u8]>, Option<Arc<[u8]>>) = if in_red {
+            let Some(primary) = crate::red::primary(&pkt.payload) else {
+                self.stats.dropped_malformed += 1;
+                return;
+            };
+            (Arc::from(primary), Some(pkt.payload.clone()))
+        } else {
+            (pkt.payload.clone(), None)
+        };
+        let previous = if kind == TrackKind::Audio && !in_red {
+            track.red_prev.replace(crate::red::Previous {
+                seq: pkt.seq_no,
+                timestamp: pkt.header.timestamp,
+                payload: pkt.payload.clone(),
+            })
+        } else {
+            None
+        };
         // Simulcast VP8: the descriptor's picture ids are rewritten across layer switches.
         let vp8 = if simulcast && codec == Some(Codec::Vp8) {
             Vp8Descriptor::parse(&pkt.payload).ok()
@@ -1300,18 +1373,43 @@ impl Engine {
             }) else {
                 continue;
             };
-            let out_pt = match out.pt_map.iter().find(|(i, _)| *i == in_pt) {
+            let Some(spec) = in_spec else { continue };
+            let out_pt = match out.pt_map.iter().find(|(i, _)| *i == spec.pt()) {
                 Some((_, o)) => *o,
                 None => {
-                    let Some(spec) = in_spec else { continue };
-                    let Some(o) =
-                        map_payload_type(&[spec], s.subscriber.rtc.codec_config().params(), in_pt)
-                    else {
+                    let sub_params = s.subscriber.rtc.codec_config().params();
+                    let Some(o) = map_payload_type(&[spec], sub_params, spec.pt()) else {
                         continue;
                     };
-                    out.pt_map.push((in_pt, o));
+                    out.pt_map.push((spec.pt(), o));
+                    // Whether the subscriber negotiated RED for this codec (str0m keeps the
+                    // RED payload type on the codec only if the answer had it).
+                    out.red_pt = sub_params
+                        .iter()
+                        .find(|c| c.pt() == o)
+                        .and_then(|c| c.red());
                     o
                 }
+            };
+            // Audio: RED to a subscriber that takes it now, plain Opus otherwise.
+            // A publisher's own RED goes to every subscriber that negotiated it.
+            let use_red = kind == TrackKind::Audio && (in_red || out.red);
+            let (out_pt, payload) = match out.red_pt.filter(|_| use_red) {
+                Some(red_pt) => {
+                    let payload = red
+                        .get_or_insert_with(|| {
+                            crate::red::encode(
+                                *out_pt,
+                                pkt.seq_no,
+                                pkt.header.timestamp,
+                                &plain,
+                                previous.as_ref(),
+                            )
+                        })
+                        .clone();
+                    (red_pt, payload)
+                }
+                None => (out_pt, plain.clone()),
             };
             let mut api = s.subscriber.rtc.direct_api();
             let Some(stream) = api.stream_tx_by_mid(out_mid, None) else {
@@ -1328,7 +1426,7 @@ impl Engine {
                 rewritten.seq,
                 rewritten.timestamp,
                 pkt.timestamp,
-                pkt.payload.clone(),
+                payload,
             )
             .marker(pkt.header.marker)
             .ext_vals(ext)

@@ -19,6 +19,7 @@ pub mod engine;
 pub mod forwarder;
 mod keyframe;
 mod peer;
+pub mod red;
 pub mod router;
 pub mod runner;
 mod shard;

@@ -66,7 +66,8 @@ impl Peer {
 
 fn forwardable_codecs() -> CodecConfig {
     let mut c = CodecConfig::empty();
-    c.enable_opus(true, false);
+    // RED (RFC 2198) around Opus is offered and accepted: see `red`.
+    c.enable_opus(true, true);
     c.enable_vp8(true);
     c.enable_h264(true);
     c

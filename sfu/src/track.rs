@@ -99,6 +99,8 @@ pub struct TrackIn {
     pub taps: Vec<tokio::sync::mpsc::Sender<crate::api::TapPacket>>,
     /// The layer recorders get: the only one, or the best simulcast layer once measured.
     pub tap_layer: Option<usize>,
+    /// Audio: the last plain packet, carried again in the next one toward RED subscribers.
+    pub red_prev: Option<crate::red::Previous>,
 }
 
 impl TrackIn {
@@ -120,6 +122,7 @@ impl TrackIn {
             layers,
             subscribers: Vec::new(),
             taps: Vec::new(),
+            red_prev: None,
         }
     }
 
@@ -200,6 +203,10 @@ pub struct TrackOut {
     pub fwd: Forwarder,
     /// Publisher payload type → subscriber payload type, learnt on first use.
     pub pt_map: Vec<(Pt, Pt)>,
+    /// The subscriber's RED payload type for this audio, if it negotiated RED.
+    pub red_pt: Option<Pt>,
+    /// Send it as RED now (the link loses packets, and the redundancy fits).
+    pub red: bool,
 }
 
 impl TrackOut {
@@ -222,6 +229,8 @@ impl TrackOut {
             state: OutState::ToOpen,
             fwd: Forwarder::new(clock_rate, start_anywhere),
             pt_map: Vec::new(),
+            red_pt: None,
+            red: false,
         }
     }
 

@@ -1,0 +1,161 @@
+//! Audio redundancy (RFC 2198 RED) chosen per subscriber: the cart sends plain Opus-sized
+//! stethoscope packets; the physician negotiated RED and sits behind a link losing 5 % of
+//! packets, so the SFU adds each previous packet to the next one for it and the physician
+//! recovers almost every loss. The patient, on the same kind of link, did not negotiate RED
+//! and keeps getting plain packets (and the 5 % loss). Measured on what arrived.
+
+mod common;
+
+use common::*;
+use consult_client::relay::LossyRelay;
+use consult_client::synthetic::check_payload;
+use consult_client::ClientOptions;
+use consult_client::PT_RED;
+use consult_protocol::{ClientMsg, Role, TrackKind, TrackLabel};
+use std::collections::BTreeSet;
+use std::sync::atomic::Ordering;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+const PACKETS: u32 = 500; // 10 s of 20 ms packets
+const LOSS: f64 = 0.05;
+
+#[derive(Default, Debug)]
+struct Heard {
+    /// Counters recovered from any block, after `from`.
+    counters: BTreeSet<u32>,
+    /// Counters carried as the primary block (what arrived without help).
+    primaries: BTreeSet<u32>,
+    red_packets: u64,
+    plain_packets: u64,
+    corrupt: u64,
+}
+
+fn listen(track: consult_client::RemoteTrack, t0: Instant, from: Duration) -> Arc<Mutex<Heard>> {
+    let heard: Arc<Mutex<Heard>> = Arc::default();
+    let h = heard.clone();
+    tokio::spawn(async move {
+        while let Ok((pkt, _)) = track.track.read_rtp().await {
+            let mut h = h.lock().unwrap();
+            let blocks = if pkt.header.payload_type == PT_RED {
+                h.red_packets += 1;
+                consult_client::red::blocks(&pkt.payload).unwrap_or_default()
+            } else {
+                h.plain_packets += 1;
+                vec![&pkt.payload[..]]
+            };
+            let n = blocks.len();
+            for (i, b) in blocks.into_iter().enumerate() {
+                match check_payload(TrackKind::Audio, b) {
+                    Some(info) if t0.elapsed() >= from => {
+                        h.counters.insert(info.counter);
+                        if i + 1 == n {
+                            h.primaries.insert(info.counter);
+                        }
+                    }
+                    Some(_) => {}
+                    None => h.corrupt += 1,
+                }
+            }
+        }
+    });
+    heard
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_lossy_subscriber_that_negotiated_red_recovers_the_stethoscope() {
+    let srv = start_server().await;
+    let room = "room-red";
+    let doc_link = LossyRelay::start(srv.server.udp_addr, LOSS, 0x7ed1)
+        .await
+        .unwrap();
+    let patient_link = LossyRelay::start(srv.server.udp_addr, LOSS, 0x7ed2)
+        .await
+        .unwrap();
+    let mut doc = srv
+        .join_with(
+            room,
+            "dr-red",
+            Role::Physician,
+            ClientOptions {
+                media_via: Some(doc_link.addr()),
+                red: true,
+                ..ClientOptions::default()
+            },
+        )
+        .await;
+    let mut cart = srv.join(room, "cart-red", Role::Companion).await;
+    let mut patient = srv
+        .join_with(
+            room,
+            "patient-red",
+            Role::Patient,
+            ClientOptions {
+                media_via: Some(patient_link.addr()),
+                ..ClientOptions::default()
+            },
+        )
+        .await;
+    for p in [&cart, &patient] {
+        doc.send(ClientMsg::Admit {
+            participant_id: p.participant_id.clone(),
+        })
+        .unwrap();
+    }
+    cart.wait_admitted(WAIT).await.unwrap();
+    patient.wait_admitted(WAIT).await.unwrap();
+
+    let t = cart.publish(&[TrackLabel::Stethoscope]).await.unwrap();
+    let sender = t[0].send_synthetic(
+        tag(1, TrackLabel::Stethoscope),
+        PACKETS,
+        Duration::from_millis(20),
+        80,
+    );
+    let t0 = Instant::now();
+    // The SFU switches RED on from the physician's receiver reports: count from 2 s on.
+    let from = Duration::from_secs(2);
+    let doc_heard = listen(take_tracks(&mut doc, 1).await.remove(0), t0, from);
+    let patient_heard = listen(take_tracks(&mut patient, 1).await.remove(0), t0, from);
+    assert_eq!(sender.await.unwrap(), PACKETS);
+    tokio::time::sleep(Duration::from_millis(500)).await;
+
+    let d = doc_heard.lock().unwrap();
+    let p = patient_heard.lock().unwrap();
+    // Loss in the measured span: counters from the first one heard to the last sent.
+    let residual = |h: &Heard, set: &BTreeSet<u32>| {
+        let first = *h.counters.first().unwrap();
+        let expected = (PACKETS - first) as usize;
+        1.0 - set.len() as f64 / expected as f64
+    };
+    let doc_raw = residual(&d, &d.primaries);
+    let doc_residual = residual(&d, &d.counters);
+    let patient_loss = residual(&p, &p.counters);
+    let dropped = doc_link.stats.rtp_dropped.load(Ordering::Relaxed);
+    eprintln!(
+        "physician (RED): {} RED and {} plain packets, primaries lost {:.2} %, after RED {:.2} % \
+         ({dropped} RTP dropped toward it); patient (no RED): {} RED, {} plain, lost {:.2} %",
+        d.red_packets,
+        d.plain_packets,
+        doc_raw * 100.0,
+        doc_residual * 100.0,
+        p.red_packets,
+        p.plain_packets,
+        patient_loss * 100.0
+    );
+    let first = *d.counters.first().unwrap();
+    let missing: Vec<u32> = (first..PACKETS)
+        .filter(|c| !d.counters.contains(c))
+        .collect();
+    eprintln!("physician: still missing {missing:?}");
+    assert_eq!((d.corrupt, p.corrupt), (0, 0));
+    // The physician's link loses (the primaries show it), RED repairs most of it.
+    assert!(doc_raw > 0.02, "raw loss {doc_raw}");
+    assert!(d.red_packets > u64::from(PACKETS) / 2, "{d:?}");
+    // The issue's bound for lung sounds after repair: under 2 % (5 % on the link).
+    assert!(doc_residual < 0.02, "residual loss {doc_residual}");
+    assert!(doc_residual * 3.0 < doc_raw);
+    // The patient never negotiated RED: plain packets only, its loss unrepaired.
+    assert_eq!(p.red_packets, 0);
+    assert!(patient_loss > 0.02, "patient loss {patient_loss}");
+}
