@@ -91,9 +91,13 @@ impl CongestionGate {
             }
             self.congested = congested;
         }
+        // What flows now, as an estimate that fits it and nothing more.
+        let keep = (allocated_bps as f64 * 1.05 / crate::allocator::USABLE_SHARE) as u64;
         if self.congested {
             self.healthy_since = None;
-            return estimate_bps;
+            // A queue is building: the estimate may take tracks down, but nothing is added
+            // until it drains (str0m's estimate lags the queue by seconds).
+            return estimate_bps.min(keep);
         }
         let since = *self.healthy_since.get_or_insert(now);
         if now.saturating_duration_since(since) >= MAX_HOLD {
@@ -101,7 +105,6 @@ impl CongestionGate {
             self.hold = HEALTHY_HOLD;
         }
         // No queue: what flows now evidently fits.
-        let keep = (allocated_bps as f64 * 1.05 / crate::allocator::USABLE_SHARE) as u64;
         if now.saturating_duration_since(since) >= self.hold {
             // Healthy long enough: let the next step be tried (if anything is held back).
             if wanted_bps > allocated_bps {
@@ -140,6 +143,12 @@ mod tests {
         let e = g.effective_estimate(t + SUSTAINED, 80_000, Some(230.0), 900_000, 1_500_000);
         assert_eq!(e, 80_000);
         assert!(g.congested());
+        // While the queue lasts, a higher (lagging) estimate adds nothing beyond what flows.
+        let e = g.effective_estimate(t + SUSTAINED * 2, 500_000, Some(400.0), 72_000, 1_500_000);
+        assert_eq!(
+            e,
+            (72_000f64 * 1.05 / crate::allocator::USABLE_SHARE) as u64
+        );
     }
 
     #[test]
