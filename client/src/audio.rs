@@ -44,6 +44,11 @@ impl RawEncoder {
                 != audiopus_sys::OPUS_OK
                 || audiopus_sys::opus_encoder_ctl(
                     enc.0.as_ptr(),
+                    audiopus_sys::OPUS_SET_INBAND_FEC_REQUEST,
+                    1,
+                ) != audiopus_sys::OPUS_OK
+                || audiopus_sys::opus_encoder_ctl(
+                    enc.0.as_ptr(),
                     audiopus_sys::OPUS_SET_BITRATE_REQUEST,
                     bitrate,
                 ) != audiopus_sys::OPUS_OK
@@ -52,6 +57,21 @@ impl RawEncoder {
             }
         }
         Ok(enc)
+    }
+
+    fn set_packet_loss_perc(&mut self, pct: i32) -> anyhow::Result<()> {
+        // SAFETY: a ctl request with one int argument, on a live encoder.
+        let r = unsafe {
+            audiopus_sys::opus_encoder_ctl(
+                self.0.as_ptr(),
+                audiopus_sys::OPUS_SET_PACKET_LOSS_PERC_REQUEST,
+                pct,
+            )
+        };
+        if r != audiopus_sys::OPUS_OK {
+            bail!("OPUS_SET_PACKET_LOSS_PERC failed ({r})");
+        }
+        Ok(())
     }
 
     fn encode(&mut self, pcm: &[f32], out: &mut [u8]) -> anyhow::Result<usize> {
@@ -111,6 +131,18 @@ impl AudioEncoder {
             inner: Inner::Raw(RawEncoder::voip_with_dtx(32_000)?),
             buf: vec![0; MAX_PACKET],
         })
+    }
+
+    /// The loss the receivers' links show (percent, 0–100): libopus adds in-band FEC (a
+    /// low-rate copy of the previous frame, in SILK and hybrid modes) only when told to expect
+    /// loss. The SFU sends this as `publisher_audio`.
+    pub fn set_expected_loss(&mut self, pct: u8) -> anyhow::Result<()> {
+        let pct = i32::from(pct.min(100));
+        match &mut self.inner {
+            Inner::Crate(e) => e.set_packet_loss_perc(pct)?,
+            Inner::Raw(e) => e.set_packet_loss_perc(pct)?,
+        }
+        Ok(())
     }
 
     /// Encode one 20 ms frame; `None` when DTX decided not to send anything.
@@ -185,6 +217,55 @@ mod tests {
             let rms = (pcm.iter().map(|s| s * s).sum::<f32>() / pcm.len() as f32).sqrt();
             assert!(rms > 0.1, "decoded tone has energy ({rms})");
         }
+    }
+
+    /// A frame whose packet is lost, rebuilt from the next packet (in-band FEC if present,
+    /// concealment otherwise): its energy against the frame's own decode. The loud part
+    /// starts in the lost frame, so concealment (which extends the quiet past) cannot fake it.
+    fn rebuilt_energy_ratio(expected_loss: u8) -> f32 {
+        let lost = 30;
+        let pcm: Vec<f32> = (0..FRAME_SAMPLES * 40)
+            .map(|i| {
+                let t = i as f32 / 48000.0;
+                let level = if i < lost * FRAME_SAMPLES { 0.01 } else { 0.3 };
+                level
+                    * (1..6)
+                        .map(|h| {
+                            (t * 2.0 * std::f32::consts::PI * 150.0 * h as f32).sin() / h as f32
+                        })
+                        .sum::<f32>()
+            })
+            .collect();
+        let mut enc = AudioEncoder::speech().unwrap();
+        enc.set_expected_loss(expected_loss).unwrap();
+        let packets: Vec<Option<Vec<u8>>> = enc.encode_all(&pcm).unwrap();
+        let decode = |rebuild: bool| {
+            let mut dec = opus::Decoder::new(SAMPLE_RATE, opus::Channels::Mono).unwrap();
+            let mut frame = vec![0f32; FRAME_SAMPLES];
+            for p in &packets[..lost] {
+                let p: &[u8] = p.as_deref().unwrap_or(&[]);
+                dec.decode_float(p, &mut frame, false).unwrap();
+            }
+            let next = packets[lost + 1].as_deref().expect("loud: sent");
+            let own = packets[lost].as_deref().expect("loud: sent");
+            if rebuild {
+                dec.decode_float(next, &mut frame, true).unwrap();
+            } else {
+                dec.decode_float(own, &mut frame, false).unwrap();
+            }
+            frame
+        };
+        let rms = |v: &[f32]| (v.iter().map(|x| x * x).sum::<f32>() / v.len() as f32).sqrt();
+        rms(&decode(true)) / rms(&decode(false)).max(1e-9)
+    }
+
+    #[test]
+    fn in_band_fec_needs_expected_loss() {
+        let without = rebuilt_energy_ratio(0);
+        let with = rebuilt_energy_ratio(10);
+        eprintln!("lost frame rebuilt at {with:.2} of its energy with FEC, {without:.2} without");
+        assert!(with > 0.3, "{with}");
+        assert!(without < 0.2, "{without}");
     }
 
     #[test]

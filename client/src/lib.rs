@@ -98,6 +98,8 @@ struct Inner {
     /// Publisher-side mid of each simulcast track → its layers' rids and on/off switches,
     /// which the SFU's `publisher_layers` hints set.
     layer_switches: Mutex<HashMap<String, Vec<LayerSwitch>>>,
+    /// Publisher-side mid of each audio track → the expected loss the SFU reports for it.
+    expected_loss: Mutex<HashMap<String, Arc<std::sync::atomic::AtomicU8>>>,
     options: ClientOptions,
     closer: Arc<tokio::sync::Notify>,
 }
@@ -158,6 +160,7 @@ impl Client {
             ice_restarts: Default::default(),
             subscribed: Mutex::new(HashMap::new()),
             layer_switches: Mutex::new(HashMap::new()),
+            expected_loss: Mutex::new(HashMap::new()),
             options,
             closer,
         });
@@ -294,6 +297,14 @@ impl Client {
             switches.insert(t.mid.clone(), layers);
         }
         drop(switches);
+        let mut losses = self.inner.expected_loss.lock().expect("lock");
+        for t in added
+            .iter()
+            .filter(|t| t.kind == consult_protocol::TrackKind::Audio)
+        {
+            losses.insert(t.mid.clone(), t.expected_loss_pct.clone());
+        }
+        drop(losses);
         Ok(added)
     }
 
@@ -483,6 +494,18 @@ async fn dispatch(
                     }
                     Err(e) => tracing::warn!("cannot answer subscriber offer: {e:#}"),
                 }
+            }
+            ServerMsg::PublisherAudio {
+                mid,
+                expected_loss_pct,
+            } => {
+                if let Some(l) = inner.expected_loss.lock().expect("lock").get(&mid) {
+                    l.store(expected_loss_pct, std::sync::atomic::Ordering::Relaxed);
+                }
+                let _ = events.send(ClientEvent::Server(ServerMsg::PublisherAudio {
+                    mid,
+                    expected_loss_pct,
+                }));
             }
             ServerMsg::PublisherLayers { mid, active_rids } => {
                 if let Some(layers) = inner.layer_switches.lock().expect("lock").get(&mid) {

@@ -179,6 +179,9 @@ pub struct LocalTrack {
     pub keyframe_requests: Arc<AtomicU64>,
     /// Simulcast: every layer, lowest first (the first is `track`); empty for a plain track.
     pub layers: Vec<SimulcastLayer>,
+    /// Audio: the loss the SFU says receivers see (percent), for the encoder's in-band FEC
+    /// ([`crate::audio::AudioEncoder::set_expected_loss`]).
+    pub expected_loss_pct: Arc<std::sync::atomic::AtomicU8>,
 }
 
 /// One simulcast encoding of a published track.
@@ -536,6 +539,7 @@ pub async fn add_local_track(
         clock_rate,
         keyframe_requests,
         layers,
+        expected_loss_pct: Arc::default(),
     })
 }
 

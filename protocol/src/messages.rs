@@ -282,6 +282,13 @@ pub enum ServerMsg {
         mid: String,
         active_rids: Vec<String>,
     },
+    /// To an audio publisher: the packet loss its receivers see on track `mid` (its uplink
+    /// plus the worst downlink, percent). An Opus encoder adds in-band FEC only when told to
+    /// expect loss: set it as the encoder's expected packet loss.
+    PublisherAudio {
+        mid: String,
+        expected_loss_pct: u8,
+    },
 }
 
 /// Why a participant is no longer in the room.

@@ -57,6 +57,9 @@ pub enum SfuEvent {
         mid: String,
         active_rids: Vec<String>,
     },
+    /// To an audio publisher: the loss its receivers see on track `mid` (percent), for the
+    /// encoder's in-band FEC.
+    PublisherAudio { mid: String, expected_loss_pct: u8 },
 }
 
 /// A copy of one forwarded RTP packet, for a recorder.

@@ -48,6 +48,9 @@ const MAX_SLEEP: Duration = Duration::from_millis(100);
 /// A simulcast layer nobody has received for this long may be paused by its publisher.
 pub const LAYER_PAUSE_AFTER: Duration = Duration::from_secs(3);
 
+/// Shortest gap between two loss hints to one audio publisher.
+pub const AUDIO_HINT_INTERVAL: Duration = Duration::from_secs(2);
+
 /// How often every subscriber's allocation is redone (besides on each new estimate).
 const ALLOCATION_INTERVAL: Duration = Duration::from_millis(250);
 
@@ -316,6 +319,7 @@ impl Engine {
                 self.allocate(now, key);
             }
             self.update_layer_hints(now);
+            self.update_audio_hints(now);
         }
         self.drain(now, tx);
     }
@@ -989,6 +993,54 @@ impl Engine {
             if red != o.red {
                 info!(participant = %p.id, track = %o.track_id(), red, loss = ?p.subscriber.counters.link.loss_to_client, "audio redundancy");
                 o.red = red;
+            }
+        }
+    }
+
+    /// Tell audio publishers how much loss their receivers see (their own uplink plus the
+    /// worst downlink, smoothed), so their encoders add in-band FEC: libopus sends none unless
+    /// told to expect loss. Sent on a change of 2 points or more, at most every
+    /// [`AUDIO_HINT_INTERVAL`].
+    fn update_audio_hints(&mut self, now: Instant) {
+        let mut worst: Vec<((u64, Mid), f32)> = Vec::new();
+        for p in self.participants.values() {
+            let loss = p.subscriber.counters.link.loss_to_client.unwrap_or(0.0);
+            for o in p
+                .outs
+                .iter()
+                .filter(|o| o.kind == TrackKind::Audio && o.state == OutState::Open)
+            {
+                match worst.iter_mut().find(|(k, _)| *k == o.source) {
+                    Some(w) => w.1 = w.1.max(loss),
+                    None => worst.push((o.source, loss)),
+                }
+            }
+        }
+        for (key, p) in self.participants.iter_mut() {
+            let up = p.publisher.counters.link.loss_from_client.unwrap_or(0.0);
+            for t in p.tracks.iter_mut().filter(|t| t.kind == TrackKind::Audio) {
+                let down = worst
+                    .iter()
+                    .find(|(k, _)| *k == (*key, t.mid))
+                    .map_or(0.0, |w| w.1);
+                let sample = (up + down).clamp(0.0, 0.5);
+                t.loss_ewma = t.loss_ewma * 0.8 + sample * 0.2;
+                let pct = (t.loss_ewma * 100.0).round() as u8;
+                let due = match t.loss_hint {
+                    None => pct > 0,
+                    Some((last, at)) => {
+                        (pct.abs_diff(last) >= 2 || (pct == 0) != (last == 0))
+                            && now.saturating_duration_since(at) >= AUDIO_HINT_INTERVAL
+                    }
+                };
+                if due {
+                    t.loss_hint = Some((pct, now));
+                    debug!(participant = %p.id, mid = %t.mid, pct, "publisher audio hint");
+                    let _ = p.events.send(SfuEvent::PublisherAudio {
+                        mid: t.mid.to_string(),
+                        expected_loss_pct: pct,
+                    });
+                }
             }
         }
     }

@@ -101,6 +101,10 @@ pub struct TrackIn {
     pub tap_layer: Option<usize>,
     /// Audio: the last plain packet, carried again in the next one toward RED subscribers.
     pub red_prev: Option<crate::red::Previous>,
+    /// Audio: loss its receivers see (uplink + worst downlink, smoothed fraction), and the
+    /// last hint sent to the publisher (percent, when).
+    pub loss_ewma: f32,
+    pub loss_hint: Option<(u8, Instant)>,
 }
 
 impl TrackIn {
@@ -123,6 +127,8 @@ impl TrackIn {
             subscribers: Vec::new(),
             taps: Vec::new(),
             red_prev: None,
+            loss_ewma: 0.0,
+            loss_hint: None,
         }
     }
 

@@ -316,6 +316,12 @@ pub async fn run_session(state: Arc<AppState>, socket: WebSocket) {
                         break;
                     }
                 }
+                SfuEvent::PublisherAudio { mid, expected_loss_pct } => {
+                    let msg = ServerMsg::PublisherAudio { mid, expected_loss_pct };
+                    if !send(&mut sink, &msg).await {
+                        break;
+                    }
+                }
                 SfuEvent::IceRestarted(target) => {
                     let detail = crate::incidents::ice_restart(target);
                     state.audit.record(&room, Some(&claims.sub), "incident", None, detail);

@@ -120,6 +120,26 @@ async fn a_lossy_subscriber_that_negotiated_red_recovers_the_stethoscope() {
     assert_eq!(sender.await.unwrap(), PACKETS);
     tokio::time::sleep(Duration::from_millis(500)).await;
 
+    // The cart was told how much its receivers lose, for its encoder's in-band FEC.
+    let mut hints = Vec::new();
+    while let Some(ev) = cart.next_event(Duration::from_millis(50)).await {
+        if let consult_client::ClientEvent::Server(consult_protocol::ServerMsg::PublisherAudio {
+            mid,
+            expected_loss_pct,
+        }) = ev
+        {
+            assert_eq!(mid, t[0].mid);
+            hints.push(expected_loss_pct);
+        }
+    }
+    let applied = t[0].expected_loss_pct.load(Ordering::Relaxed);
+    eprintln!("expected-loss hints to the cart: {hints:?} (applied: {applied} %)");
+    assert!(
+        hints.iter().any(|p| (2..=15).contains(p)),
+        "publisher_audio hints {hints:?}"
+    );
+    assert_eq!(Some(&applied), hints.last());
+
     let d = doc_heard.lock().unwrap();
     let p = patient_heard.lock().unwrap();
     // Loss in the measured span: counters from the first one heard to the last sent.

@@ -116,6 +116,7 @@ pub fn stream(
     tokio::spawn(async move {
         let mut tick = tokio::time::interval(Duration::from_millis(20));
         let (mut seq, mut ts, mut pos) = (0u16, 0u32, 0usize);
+        let mut expected_loss = 0u8;
         let mut frame = vec![0f32; FRAME_SAMPLES];
         while !stop.load(Ordering::Relaxed) {
             match (&source, live.as_mut()) {
@@ -138,6 +139,14 @@ pub fn stream(
                     pos += FRAME_SAMPLES;
                 }
                 (Source::Live { .. }, None) => break,
+            }
+            // In-band FEC sized to the loss the receivers see (the SFU's publisher_audio).
+            let loss = track.expected_loss_pct.load(Ordering::Relaxed);
+            if loss != expected_loss {
+                expected_loss = loss;
+                if let Err(e) = enc.set_expected_loss(loss) {
+                    tracing::warn!("stethoscope encoder: {e:#}");
+                }
             }
             if let Ok(Some(payload)) = enc.encode(&frame) {
                 let pkt = webrtc::rtp::packet::Packet {
