@@ -14,8 +14,10 @@ def main(src, dst):
     series = r["series"]
     t = [s["t_ms"] / 1000 for s in series]
     kbps = lambda v: [x / 1000 if x is not None else None for x in v]  # noqa: E731
-    fig, (top, mid, bottom) = plt.subplots(3, 1, figsize=(10, 9), sharex=True)
-    for ax in (top, mid, bottom):
+    fig, (top, mid, layer, bottom) = plt.subplots(
+        4, 1, figsize=(10, 11), sharex=True, gridspec_kw={"height_ratios": [3, 3, 1, 2]}
+    )
+    for ax in (top, mid, layer, bottom):
         ax.axvspan(phases["degraded"], phases["recovered"], color="#fde8e8", zorder=0)
         ax.grid(alpha=0.3)
     top.plot(t, kbps([s["estimate_bps"] for s in series]), label="str0m estimate")
@@ -31,6 +33,17 @@ def main(src, dst):
         mid.step(secs, rx[name], where="post", label=name)
     mid.set_ylabel("received kbit/s (payload)")
     mid.legend(loc="upper right")
+    # The camera's simulcast layer the physician received each second (none: paused).
+    cam_layer = r.get("camera_layer_per_s", [])
+    layer.step(
+        list(range(len(cam_layer))),
+        [x if x is not None else -1 for x in cam_layer],
+        where="post",
+        label="camera layer",
+    )
+    layer.set_yticks([-1, 0, 1, 2])
+    layer.set_yticklabels(["paused", "q", "h", "f"])
+    layer.set_ylabel("camera layer")
     bottom.plot(t, [s["rtt_ms"] for s in series], label="RTT ms")
     loss = [100 * s["loss"] if s["loss"] is not None else None for s in series]
     bottom.plot(t, loss, label="TWCC loss %")

@@ -294,6 +294,26 @@ async fn consultation_at_100_kbps_keeps_the_stethoscope() {
         }
         v
     };
+    // The camera's simulcast layer the physician got, per second (the most frequent one;
+    // none when paused).
+    let cam_layer: Vec<Option<u8>> = {
+        let a = arrivals_of(TrackLabel::Camera);
+        let a = a.lock().unwrap();
+        let mut counts = vec![[0u32; 4]; END_AT.as_secs() as usize + 1];
+        for x in a.iter() {
+            if let Some(slot) = counts.get_mut(rel(x.2).as_secs() as usize) {
+                slot[usize::from(x.4.min(3))] += 1;
+            }
+        }
+        counts
+            .iter()
+            .map(|c| {
+                (0..4u8)
+                    .max_by_key(|l| c[usize::from(*l)])
+                    .filter(|l| c[usize::from(*l)] > 0)
+            })
+            .collect()
+    };
     // Video back: the first second after recovery from which the camera gets ≥ 90 % of the
     // top layer's packets of its last good second before the step down.
     let before = cam_top_rate[DEGRADED_AT.as_secs() as usize - 2].max(1);
@@ -337,6 +357,7 @@ async fn consultation_at_100_kbps_keeps_the_stethoscope() {
         "estimate_settled_after_ms": settle_ms,
         "camera_back_after_s": back_s,
         "video_packets_per_s": {"camera": cam_rate, "camera_top_layer": cam_top_rate, "otoscope": oto_rate},
+        "camera_layer_per_s": cam_layer,
         "received_kbps_per_s": {
             "stethoscope": kbps(TrackLabel::Stethoscope),
             "speech": kbps(TrackLabel::Microphone),
