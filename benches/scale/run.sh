@@ -3,6 +3,7 @@
 #   fan-out     one cart (stethoscope + camera) → 1, 10, 50, 100 subscribers
 #   rooms       1, 10, 50 consultations of 3 (physician, cart, patient), 16 streams each
 #   threadsT-N  N consultations of 3 with T SFU shards (e.g. threads1-30 threads2-30)
+#   simulcast-N N consultations of 3 whose cameras are sent as three simulcast layers
 #   link-100k   one consultation (physician, cart), the physician behind 100 kbit/s, 100 ms,
 #               2 % loss both ways (server with --downlink-estimation)
 # Writes benches/results/scale-<scenario>.json, benches/results/scale.svg and
@@ -15,7 +16,7 @@ duration=20
 if [ "${1:-}" = --quick ]; then duration=8; shift; fi
 scenarios=("$@")
 [ ${#scenarios[@]} -eq 0 ] && scenarios=(fanout-1 fanout-10 fanout-50 fanout-100 rooms-1 rooms-10 rooms-50 threads1-30 threads2-30
-  link-100k)
+  simulcast-10 link-100k)
 
 cargo build --release --locked -p consult-signaling -p consult-loadtest
 bin=target/release
@@ -72,6 +73,12 @@ for s in "${scenarios[@]}"; do
       t=${s%%-*}; t=${t#threads}
       start_server --sfu-threads "$t"
       run "$s" --rooms "${s#*-}" --room-interval-ms 100
+      stop_server ;;
+    simulcast-*)
+      # Like rooms-N, every camera as q/h/f layers: the SFU forwards one layer per subscriber
+      # and tells the publishers to pause the layers nobody receives.
+      start_server
+      run "$s" --rooms "${s#simulcast-}" --room-interval-ms 100 --simulcast camera
       stop_server ;;
     link-100k)
       start_server --downlink-estimation
