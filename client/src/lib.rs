@@ -50,8 +50,9 @@ pub struct ClientOptions {
     /// the client then restarts ICE on both connections by itself.
     pub ice_failed_after: Option<Duration>,
     /// Negotiate RED (RFC 2198) around Opus: the SFU may then send audio with redundancy when
-    /// this client's link loses packets. The application reads RED payloads as they come
-    /// (see [`red::blocks`]).
+    /// this client's link loses packets (the application reads RED payloads as they come, see
+    /// [`red::blocks`]), and published audio goes out as RED (synthetic audio is wrapped with
+    /// the previous packet).
     pub red: bool,
 }
 
@@ -273,7 +274,15 @@ impl Client {
         let _one_at_a_time = self.inner.negotiating.lock().await;
         let mut added = Vec::new();
         for label in labels {
-            added.push(peer::add_local_track(&pc, *label, simulcast.contains(label)).await?);
+            added.push(
+                peer::add_local_track(
+                    &pc,
+                    *label,
+                    simulcast.contains(label),
+                    self.inner.options.red,
+                )
+                .await?,
+            );
         }
         negotiate_publisher(&self.inner, &pc, false, |published| {
             for t in added.iter_mut() {

@@ -182,6 +182,8 @@ pub struct LocalTrack {
     /// Audio: the loss the SFU says receivers see (percent), for the encoder's in-band FEC
     /// ([`crate::audio::AudioEncoder::set_expected_loss`]).
     pub expected_loss_pct: Arc<std::sync::atomic::AtomicU8>,
+    /// Audio sent as RED: [`LocalTrack::send_synthetic`] wraps each payload with the previous.
+    pub red: bool,
 }
 
 /// One simulcast encoding of a published track.
@@ -258,16 +260,27 @@ impl LocalTrack {
     ) -> tokio::task::JoinHandle<u32> {
         let track = self.track.clone();
         let kind = self.kind;
+        let red = self.red;
         let ticks_per_packet =
             (u64::from(self.clock_rate) * interval.as_micros() as u64 / 1_000_000) as u32;
         tokio::spawn(async move {
             let mut tick = tokio::time::interval(interval);
             tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
             let mut sent = 0;
+            let mut previous: Option<Vec<u8>> = None;
             for i in 0..count {
                 tick.tick().await;
-                let payload =
+                let mut payload =
                     crate::synthetic::make_payload(kind, tag, i, crate::synthetic::now_us(), size);
+                if red {
+                    let primary = payload;
+                    payload = crate::red::encode(
+                        PT_OPUS,
+                        &primary,
+                        previous.as_deref().map(|p| (ticks_per_packet, p)),
+                    );
+                    previous = Some(primary);
+                }
                 let pkt = webrtc::rtp::packet::Packet {
                     header: webrtc::rtp::header::Header {
                         version: 2,
@@ -438,13 +451,18 @@ fn synthetic_video(
 
 /// Add a track to publish: Opus for audio labels, VP8 for video ones, as simulcast layers
 /// ([`SIMULCAST_LAYERS`]) when `simulcast` is set for a video label.
+///
+/// With `red`, audio goes out as RED (RFC 2198): each packet also carries the previous one.
 pub async fn add_local_track(
     pc: &Arc<RTCPeerConnection>,
     label: TrackLabel,
     simulcast: bool,
+    red: bool,
 ) -> anyhow::Result<LocalTrack> {
     let kind = label.kind();
+    let red = red && kind == TrackKind::Audio;
     let (mime, clock_rate, channels) = match kind {
+        TrackKind::Audio if red => ("audio/red", 48000, 2),
         TrackKind::Audio => (MIME_TYPE_OPUS, 48000, 2),
         TrackKind::Video => (MIME_TYPE_VP8, 90000, 0),
     };
@@ -452,6 +470,11 @@ pub async fn add_local_track(
         mime_type: mime.to_owned(),
         clock_rate,
         channels,
+        sdp_fmtp_line: if red {
+            format!("{PT_OPUS}/{PT_OPUS}")
+        } else {
+            String::new()
+        },
         ..Default::default()
     };
     let simulcast = simulcast && kind == TrackKind::Video;
@@ -540,6 +563,7 @@ pub async fn add_local_track(
         keyframe_requests,
         layers,
         expected_loss_pct: Arc::default(),
+        red,
     })
 }
 

@@ -30,6 +30,26 @@ pub fn blocks(payload: &[u8]) -> Option<Vec<&[u8]>> {
     Some(out)
 }
 
+/// A RED payload: `primary` (payload type `pt`), after `previous` (its timestamp offset before
+/// the primary, and its bytes) when there is one.
+pub fn encode(pt: u8, primary: &[u8], previous: Option<(u32, &[u8])>) -> Vec<u8> {
+    let mut out = Vec::with_capacity(primary.len() + 5 + previous.map_or(0, |p| p.1.len()));
+    let previous = previous.filter(|(offset, block)| *offset <= 0x3fff && block.len() <= 0x3ff);
+    if let Some((offset, block)) = previous {
+        let len = block.len() as u32;
+        out.push(0x80 | (pt & 0x7f));
+        out.push((offset >> 6) as u8);
+        out.push((((offset & 0x3f) << 2) | (len >> 8)) as u8);
+        out.push((len & 0xff) as u8);
+    }
+    out.push(pt & 0x7f);
+    if let Some((_, block)) = previous {
+        out.extend_from_slice(block);
+    }
+    out.extend_from_slice(primary);
+    out
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -54,5 +74,7 @@ mod tests {
         assert_eq!(blocks(&[111, 5]), Some(vec![&[5u8][..]]));
         assert_eq!(blocks(&red[..6]), None);
         assert_eq!(blocks(&[]), None);
+        assert_eq!(encode(111, &[9, 9], Some((960, &[1, 2, 3]))), red);
+        assert_eq!(encode(111, &[5], None), vec![111, 5]);
     }
 }

@@ -1338,13 +1338,26 @@ impl Engine {
                     .top_layer(now)
                     .filter(|i| track.layers[*i].rate.settled_bps(now).is_some());
             }
-            if track.tap_layer == Some(layer) {
+            // Recorders write plain Opus: a publisher's RED is stripped to its primary.
+            let red_in = p
+                .publisher
+                .rtc
+                .codec_config()
+                .params()
+                .iter()
+                .any(|c| c.red() == Some(pkt.header.payload_type));
+            let payload = if red_in {
+                crate::red::primary(&pkt.payload).map(Arc::from)
+            } else {
+                Some(pkt.payload.clone())
+            };
+            if let Some(payload) = payload.filter(|_| track.tap_layer == Some(layer)) {
                 // A full recorder loses this packet (it fills the gap); a closed one is dropped.
                 let copy = TapPacket {
                     seq: *pkt.seq_no,
                     timestamp: pkt.header.timestamp,
                     marker: pkt.header.marker,
-                    payload: pkt.payload.clone(),
+                    payload,
                 };
                 track.taps.retain(|t| {
                     !matches!(

@@ -179,3 +179,63 @@ async fn a_lossy_subscriber_that_negotiated_red_recovers_the_stethoscope() {
     assert_eq!(p.red_packets, 0);
     assert!(patient_loss > 0.02, "patient loss {patient_loss}");
 }
+
+/// A publisher that sends RED itself (as a browser may): subscribers that negotiated RED get it
+/// as is, the others get the primary Opus packet alone.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_publishers_red_is_passed_through_or_stripped() {
+    let srv = start_server().await;
+    let room = "room-red-pub";
+    let red = ClientOptions {
+        red: true,
+        ..ClientOptions::default()
+    };
+    let mut doc = srv
+        .join_with(room, "dr-redpub", Role::Physician, red.clone())
+        .await;
+    let mut cart = srv
+        .join_with(room, "cart-redpub", Role::Companion, red)
+        .await;
+    let mut patient = srv.join(room, "patient-redpub", Role::Patient).await;
+    for p in [&cart, &patient] {
+        doc.send(ClientMsg::Admit {
+            participant_id: p.participant_id.clone(),
+        })
+        .unwrap();
+    }
+    cart.wait_admitted(WAIT).await.unwrap();
+    patient.wait_admitted(WAIT).await.unwrap();
+    let t = cart.publish(&[TrackLabel::Stethoscope]).await.unwrap();
+    assert!(t[0].red);
+    let packets = 150;
+    let sender = t[0].send_synthetic(
+        tag(2, TrackLabel::Stethoscope),
+        packets,
+        Duration::from_millis(20),
+        80,
+    );
+    let t0 = Instant::now();
+    let doc_heard = listen(take_tracks(&mut doc, 1).await.remove(0), t0, Duration::ZERO);
+    let patient_heard = listen(
+        take_tracks(&mut patient, 1).await.remove(0),
+        t0,
+        Duration::ZERO,
+    );
+    assert_eq!(sender.await.unwrap(), packets);
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let d = doc_heard.lock().unwrap();
+    let p = patient_heard.lock().unwrap();
+    eprintln!(
+        "RED from the cart: physician {} RED / {} plain, patient {} RED / {} plain",
+        d.red_packets, d.plain_packets, p.red_packets, p.plain_packets
+    );
+    assert_eq!((d.corrupt, p.corrupt), (0, 0));
+    // Passed through: every packet RED, and the redundancy is the cart's own.
+    assert_eq!(d.plain_packets, 0);
+    // (The first few packets leave before the subscribers are connected.)
+    assert!(d.red_packets >= u64::from(packets) - 20, "{d:?}");
+    // Stripped: plain Opus-sized packets, each one intact.
+    assert_eq!(p.red_packets, 0);
+    assert!(p.plain_packets >= u64::from(packets) - 20, "{p:?}");
+    assert_eq!(p.counters.len() as u64, p.plain_packets);
+}
