@@ -34,6 +34,8 @@ use webrtc::peer_connection::RTCPeerConnection;
 use webrtc::track::track_remote::TrackRemote;
 
 pub use peer::{LocalTrack, SimulcastLayer, SyntheticVideo, VideoSent, PT_RED, SIMULCAST_LAYERS};
+/// The webrtc-rs crate the client is built on (its RTP types appear in this API).
+pub use webrtc;
 
 /// How a client connects.
 #[derive(Debug, Clone, Default)]

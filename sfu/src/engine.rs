@@ -1385,6 +1385,8 @@ impl Engine {
         // Audio as plain Opus, and as RED when some subscriber takes it (built once).
         let (plain, mut red): (Arc<[u8]>, Option<Arc<[u8]>>) = if in_red {
             let Some(primary) = crate::red::primary(&pkt.payload) else {
+                // Not valid RED: dropped like any malformed datagram.
+                self.stats.datagrams_dropped += 1;
                 self.stats.dropped_malformed += 1;
                 return;
             };

@@ -222,9 +222,60 @@ async fn a_publishers_red_is_passed_through_or_stripped() {
         Duration::ZERO,
     );
     assert_eq!(sender.await.unwrap(), packets);
+    // Broken RED from the publisher (a block header promising more than the packet holds) is
+    // dropped and counted; what follows is forwarded as before.
+    let before = srv.server.sfu().stats().await.unwrap();
+    for i in 0..5u16 {
+        let garbage = consult_client::webrtc::rtp::packet::Packet {
+            header: consult_client::webrtc::rtp::header::Header {
+                version: 2,
+                sequence_number: packets as u16 + i,
+                timestamp: (u32::from(packets) + u32::from(i)) * 960,
+                ..Default::default()
+            },
+            payload: vec![0x80 | 111, 0, 0, 200, 111, 1, 2].into(),
+        };
+        t[0].write(&garbage).await.unwrap();
+    }
+    // Then valid RED again, continuing the stream.
+    let mut previous: Option<Vec<u8>> = None;
+    for i in 0..50u32 {
+        let n = packets + 5 + i;
+        let primary = consult_client::synthetic::make_payload(
+            TrackKind::Audio,
+            tag(2, TrackLabel::Stethoscope),
+            packets + i,
+            consult_client::synthetic::now_us(),
+            80,
+        );
+        let payload =
+            consult_client::red::encode(111, &primary, previous.as_deref().map(|p| (960, p)));
+        previous = Some(primary);
+        let pkt = consult_client::webrtc::rtp::packet::Packet {
+            header: consult_client::webrtc::rtp::header::Header {
+                version: 2,
+                marker: true,
+                sequence_number: n as u16,
+                timestamp: n * 960,
+                ..Default::default()
+            },
+            payload: payload.into(),
+        };
+        t[0].write(&pkt).await.unwrap();
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
     tokio::time::sleep(Duration::from_millis(500)).await;
+    let after = srv.server.sfu().stats().await.unwrap();
+    let malformed = after.dropped_malformed - before.dropped_malformed;
     let d = doc_heard.lock().unwrap();
     let p = patient_heard.lock().unwrap();
+    eprintln!("broken RED: {malformed} dropped as malformed");
+    assert!(malformed >= 5, "{malformed}");
+    assert!(
+        d.counters.len() >= packets as usize - 20 + 45,
+        "{} after the broken RED",
+        d.counters.len()
+    );
     eprintln!(
         "RED from the cart: physician {} RED / {} plain, patient {} RED / {} plain",
         d.red_packets, d.plain_packets, p.red_packets, p.plain_packets
