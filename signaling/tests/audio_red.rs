@@ -230,7 +230,7 @@ async fn a_publishers_red_is_passed_through_or_stripped() {
             header: consult_client::webrtc::rtp::header::Header {
                 version: 2,
                 sequence_number: packets as u16 + i,
-                timestamp: (u32::from(packets) + u32::from(i)) * 960,
+                timestamp: (packets + u32::from(i)) * 960,
                 ..Default::default()
             },
             payload: vec![0x80 | 111, 0, 0, 200, 111, 1, 2].into(),
