@@ -13,7 +13,7 @@ use crate::peer::Peer;
 use crate::stats::MediaTotals;
 use crate::track::{map_payload_type, OutState, TrackIn, TrackOut};
 use consult_protocol::{ParticipantId, PeerTarget, PublishedTrack, SubscribedTrack, TrackKind};
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -896,11 +896,11 @@ impl Engine {
     /// back at once.
     fn update_layer_hints(&mut self, now: Instant) {
         // (publisher, mid, layer) wanted by some subscriber: forwarded or switched to.
-        let mut wanted: Vec<(u64, Mid, usize)> = Vec::new();
+        let mut wanted: HashSet<(u64, Mid, usize)> = HashSet::new();
         for p in self.participants.values() {
             for o in p.outs.iter().filter(|o| o.state == OutState::Open) {
                 for l in [o.fwd.current(), o.fwd.target()].into_iter().flatten() {
-                    wanted.push((o.source.0, o.source.1, l));
+                    wanted.insert((o.source.0, o.source.1, l));
                 }
             }
         }
@@ -1002,7 +1002,7 @@ impl Engine {
     /// told to expect loss. Sent on a change of 2 points or more, at most every
     /// [`AUDIO_HINT_INTERVAL`].
     fn update_audio_hints(&mut self, now: Instant) {
-        let mut worst: Vec<((u64, Mid), f32)> = Vec::new();
+        let mut worst: HashMap<(u64, Mid), f32> = HashMap::new();
         for p in self.participants.values() {
             let loss = p.subscriber.counters.link.loss_to_client.unwrap_or(0.0);
             for o in p
@@ -1010,19 +1010,14 @@ impl Engine {
                 .iter()
                 .filter(|o| o.kind == TrackKind::Audio && o.state == OutState::Open)
             {
-                match worst.iter_mut().find(|(k, _)| *k == o.source) {
-                    Some(w) => w.1 = w.1.max(loss),
-                    None => worst.push((o.source, loss)),
-                }
+                let w = worst.entry(o.source).or_insert(0.0);
+                *w = w.max(loss);
             }
         }
         for (key, p) in self.participants.iter_mut() {
             let up = p.publisher.counters.link.loss_from_client.unwrap_or(0.0);
             for t in p.tracks.iter_mut().filter(|t| t.kind == TrackKind::Audio) {
-                let down = worst
-                    .iter()
-                    .find(|(k, _)| *k == (*key, t.mid))
-                    .map_or(0.0, |w| w.1);
+                let down = worst.get(&(*key, t.mid)).copied().unwrap_or(0.0);
                 let sample = (up + down).clamp(0.0, 0.5);
                 t.loss_ewma = t.loss_ewma * 0.8 + sample * 0.2;
                 let pct = (t.loss_ewma * 100.0).round() as u8;
