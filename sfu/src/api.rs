@@ -143,6 +143,11 @@ pub struct SfuStats {
     pub forward_delay: crate::delay::DelayHistogram,
     pub rtp_in: u64,
     pub rtp_forwarded: u64,
+    /// RTP packets dropped because their RED payload was broken.
+    pub rtp_malformed_red: u64,
+    /// Audio packets lost on a publisher's uplink, sent to plain-Opus subscribers from the
+    /// redundancy of the next RED packet.
+    pub red_recovered: u64,
     pub keyframe_requests_sent: u64,
     /// str0m's per-media counters summed (NACKs and PLIs both ways, bytes, packets).
     pub media: crate::stats::MediaTotals,
@@ -158,6 +163,8 @@ impl SfuStats {
         self.dropped_malformed += o.dropped_malformed;
         self.rtp_in += o.rtp_in;
         self.rtp_forwarded += o.rtp_forwarded;
+        self.rtp_malformed_red += o.rtp_malformed_red;
+        self.red_recovered += o.red_recovered;
         self.keyframe_requests_sent += o.keyframe_requests_sent;
         self.send_failures += o.send_failures;
         self.media.add(&o.media);

@@ -22,7 +22,7 @@ use str0m::change::{SdpAnswer, SdpOffer, SdpPendingOffer};
 use str0m::format::Codec;
 use str0m::media::{Direction, KeyframeRequestKind, MediaKind, Mid, Rids};
 use str0m::net::{Protocol, Receive};
-use str0m::rtp::{ExtensionValues, RtpPacket, RtpWrite, Vp8Descriptor};
+use str0m::rtp::{ExtensionValues, RtpPacket, RtpWrite, SeqNo, Vp8Descriptor};
 use str0m::{Candidate, Event, IceConnectionState, Input, Output};
 use tokio::sync::mpsc::UnboundedSender;
 use tracing::{debug, info, warn};
@@ -1378,13 +1378,16 @@ impl Engine {
         };
         let codec = in_spec.map(|c| c.spec().codec);
         // Audio as plain Opus, and as RED when some subscriber takes it (built once).
+        // A publisher's RED also carries the packet before: stands in for it when it was lost
+        // on the way, for subscribers that get plain Opus.
+        let mut redundant: Option<crate::red::Redundant> = None;
         let (plain, mut red): (Arc<[u8]>, Option<Arc<[u8]>>) = if in_red {
-            let Some(primary) = crate::red::primary(&pkt.payload) else {
-                // Not valid RED: dropped like any malformed datagram.
-                self.stats.datagrams_dropped += 1;
-                self.stats.dropped_malformed += 1;
+            let Some((primary, before)) = crate::red::split(&pkt.payload) else {
+                // Not valid RED: dropped (and counted), the stream goes on.
+                self.stats.rtp_malformed_red += 1;
                 return;
             };
+            redundant = before;
             (Arc::from(primary), Some(pkt.payload.clone()))
         } else {
             (pkt.payload.clone(), None)
@@ -1429,6 +1432,7 @@ impl Engine {
                 continue;
             };
             let Some(out_mid) = out.mid else { continue };
+            let recover = redundant.is_some() && out.fwd.lost_just_before(layer, pkt.seq_no);
             let Some(rewritten) = out.fwd.accept(now, source, || {
                 *keyframe
                     .get_or_insert_with(|| codec.is_some_and(|c| starts_keyframe(c, &pkt.payload)))
@@ -1456,6 +1460,7 @@ impl Engine {
             // Audio: RED to a subscriber that takes it now, plain Opus otherwise.
             // A publisher's own RED goes to every subscriber that negotiated it.
             let use_red = kind == TrackKind::Audio && (in_red || out.red);
+            let sent_red = use_red && out.red_pt.is_some();
             let (out_pt, payload) = match out.red_pt.filter(|_| use_red) {
                 Some(red_pt) => {
                     let payload = red
@@ -1473,6 +1478,21 @@ impl Engine {
                 }
                 None => (out_pt, plain.clone()),
             };
+            // Plain Opus after a packet lost upstream: send the copy the RED carried first.
+            let recovered =
+                redundant
+                    .filter(|_| recover && !sent_red)
+                    .and_then(|(offset, block)| {
+                        let before = SourcePacket {
+                            layer,
+                            seq: SeqNo::from((*pkt.seq_no).saturating_sub(1)),
+                            timestamp: pkt.header.timestamp.wrapping_sub(offset),
+                            vp8: None,
+                        };
+                        out.fwd
+                            .accept(now, before, || false)
+                            .map(|r| (r, Arc::<[u8]>::from(block)))
+                    });
             let mut api = s.subscriber.rtc.direct_api();
             let Some(stream) = api.stream_tx_by_mid(out_mid, None) else {
                 continue;
@@ -1483,6 +1503,14 @@ impl Engine {
                 video_orientation: pkt.header.ext_vals.video_orientation,
                 ..Default::default()
             };
+            if let Some((r, block)) = recovered {
+                stream.write_rtp(
+                    RtpWrite::new(out_pt, r.seq, r.timestamp, pkt.timestamp, block)
+                        .ext_vals(ext.clone()),
+                );
+                self.stats.rtp_forwarded += 1;
+                self.stats.red_recovered += 1;
+            }
             let mut write = RtpWrite::new(
                 out_pt,
                 rewritten.seq,

@@ -71,6 +71,8 @@ pub struct Forwarder {
     tl0_offset: u8,
     keyidx_offset: u8,
     last: Option<Sent>,
+    /// Highest source sequence number forwarded (of the current layer).
+    last_source_seq: Option<SeqNo>,
     /// Layer switches done (for tests and logs).
     pub switches: u32,
 }
@@ -91,6 +93,7 @@ impl Forwarder {
             tl0_offset: 0,
             keyidx_offset: 0,
             last: None,
+            last_source_seq: None,
             switches: 0,
         }
     }
@@ -159,6 +162,9 @@ impl Forwarder {
             self.switch_to(now, pkt);
         }
         let seq = self.seq.map(pkt.seq)?;
+        if self.last_source_seq.is_none_or(|l| *pkt.seq > *l) {
+            self.last_source_seq = Some(pkt.seq);
+        }
         let timestamp = pkt.timestamp.wrapping_add(self.ts_offset);
         let vp8 = pkt.vp8.map(|ids| Vp8Ids {
             picture_id: ids
@@ -187,6 +193,12 @@ impl Forwarder {
             timestamp,
             vp8: changed,
         })
+    }
+
+    /// Whether exactly the packet before `seq` (of the layer forwarded) never came: a copy
+    /// carried in `seq`'s redundancy can take its place.
+    pub fn lost_just_before(&self, layer: usize, seq: SeqNo) -> bool {
+        self.current == Some(layer) && self.last_source_seq.is_some_and(|l| *l + 2 == *seq)
     }
 
     /// Start forwarding `pkt.layer` at `pkt` (a keyframe, or the very first packet).
@@ -356,6 +368,11 @@ mod tests {
         assert_eq!(*f.accept(t0, pkt(501), || false).unwrap().seq, 2);
         // From before the first one: cannot be placed.
         assert_eq!(f.accept(t0, pkt(499), || false), None);
+        // 503 never came: 504's redundancy may stand in for it.
+        assert!(f.lost_just_before(0, SeqNo::from(504)));
+        assert!(!f.lost_just_before(0, SeqNo::from(503)));
+        assert!(!f.lost_just_before(1, SeqNo::from(504)));
+        assert_eq!(*f.accept(t0, pkt(503), || false).unwrap().seq, 4);
     }
 
     #[test]

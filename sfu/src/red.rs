@@ -62,8 +62,24 @@ pub struct Previous {
 
 /// The primary (last) block of a RED payload; `None` if it is not valid RED.
 pub fn primary(payload: &[u8]) -> Option<&[u8]> {
+    split(payload).map(|(p, _)| p)
+}
+
+/// A redundant block: its timestamp offset before the primary, and its bytes.
+pub type Redundant<'a> = (u32, &'a [u8]);
+
+/// The primary block of a RED payload and the redundant block just before it: the packet
+/// before this one, when the publisher's redundancy distance is one packet. `None` if it is
+/// not valid RED.
+pub fn split(payload: &[u8]) -> Option<(&[u8], Option<Redundant<'_>>)> {
     let blocks = RedDecoder::decode(payload).ok()?;
-    blocks.into_iter().find(|b| b.is_primary).map(|b| b.payload)
+    let primary = blocks.iter().find(|b| b.is_primary)?.payload;
+    let previous = blocks
+        .iter()
+        .rev()
+        .find(|b| !b.is_primary && b.timestamp_offset > 0)
+        .map(|b| (b.timestamp_offset, b.payload));
+    Some((primary, previous))
 }
 
 /// A RED payload carrying `payload` (payload type `pt`) and, when it is the packet just
@@ -122,6 +138,10 @@ mod tests {
         assert_eq!(blocks[0].timestamp_offset, 960);
         assert_eq!(blocks[0].pt, 111);
         assert_eq!(primary(&red), Some(&b"primary"[..]));
+        assert_eq!(
+            split(&red),
+            Some((&b"primary"[..], Some((960, &b"previous"[..]))))
+        );
         // A gap before: nothing redundant to carry.
         let red = encode(111, SeqNo::from(43), 2_920, b"next", Some(&prev));
         assert_eq!(RedDecoder::decode(&red).unwrap().len(), 1);

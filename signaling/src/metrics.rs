@@ -50,7 +50,7 @@ impl Metrics {
         .expect("valid metric");
         r.register(Box::new(participants.clone()))
             .expect("unique metric");
-        let counter_defs: [(&str, &str, ReadCounter); 14] = [
+        let counter_defs: [(&str, &str, ReadCounter); 16] = [
             (
                 "consult_sfu_datagrams_in_total",
                 "UDP datagrams received",
@@ -70,6 +70,16 @@ impl Metrics {
                 "consult_sfu_rtp_forwarded_total",
                 "RTP packets forwarded to subscribers",
                 |s| s.rtp_forwarded,
+            ),
+            (
+                "consult_sfu_rtp_malformed_red_total",
+                "RTP packets dropped because their RED (RFC 2198) payload was broken",
+                |s| s.rtp_malformed_red,
+            ),
+            (
+                "consult_sfu_red_recovered_total",
+                "Audio packets lost upstream, rebuilt from RED redundancy for plain-Opus subscribers",
+                |s| s.red_recovered,
             ),
             (
                 "consult_sfu_keyframe_requests_sent_total",

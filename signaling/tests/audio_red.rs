@@ -266,7 +266,7 @@ async fn a_publishers_red_is_passed_through_or_stripped() {
     }
     tokio::time::sleep(Duration::from_millis(500)).await;
     let after = srv.server.sfu().stats().await.unwrap();
-    let malformed = after.dropped_malformed - before.dropped_malformed;
+    let malformed = after.rtp_malformed_red - before.rtp_malformed_red;
     let d = doc_heard.lock().unwrap();
     let p = patient_heard.lock().unwrap();
     eprintln!("broken RED: {malformed} dropped as malformed");
@@ -289,4 +289,73 @@ async fn a_publishers_red_is_passed_through_or_stripped() {
     assert_eq!(p.red_packets, 0);
     assert!(p.plain_packets >= u64::from(packets) - 20, "{p:?}");
     assert_eq!(p.counters.len() as u64, p.plain_packets);
+}
+
+/// The cart's uplink loses 5 %, and the cart sends RED: the SFU rebuilds each lost packet from
+/// the next one's redundancy for the patient, who gets plain Opus.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn packets_lost_upstream_are_rebuilt_from_red_for_plain_subscribers() {
+    use consult_client::impair::{Loss, Profile};
+    let srv = start_server().await;
+    let room = "room-red-up";
+    let uplink = LossyRelay::start_impaired(
+        srv.server.udp_addr,
+        vec![(
+            Duration::ZERO,
+            Profile {
+                loss: Loss::Random(LOSS),
+                ..Profile::default()
+            },
+        )],
+        vec![(Duration::ZERO, Profile::default())],
+        0x7ed3,
+    )
+    .await
+    .unwrap();
+    let mut doc = srv.join(room, "dr-redup", Role::Physician).await;
+    let mut cart = srv
+        .join_with(
+            room,
+            "cart-redup",
+            Role::Companion,
+            ClientOptions {
+                red: true,
+                media_via: Some(uplink.addr()),
+                ..ClientOptions::default()
+            },
+        )
+        .await;
+    doc.send(ClientMsg::Admit {
+        participant_id: cart.participant_id.clone(),
+    })
+    .unwrap();
+    cart.wait_admitted(WAIT).await.unwrap();
+    let t = cart.publish(&[TrackLabel::Stethoscope]).await.unwrap();
+    let before = srv.server.sfu().stats().await.unwrap();
+    let sender = t[0].send_synthetic(
+        tag(4, TrackLabel::Stethoscope),
+        PACKETS,
+        Duration::from_millis(20),
+        80,
+    );
+    let t0 = Instant::now();
+    let heard = listen(take_tracks(&mut doc, 1).await.remove(0), t0, Duration::ZERO);
+    assert_eq!(sender.await.unwrap(), PACKETS);
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let after = srv.server.sfu().stats().await.unwrap();
+    let recovered = after.red_recovered - before.red_recovered;
+    let dropped = uplink.link_stats().0.dropped_loss;
+    let h = heard.lock().unwrap();
+    let first = *h.counters.first().unwrap();
+    let expected = (PACKETS - first) as usize;
+    let lost = 1.0 - h.counters.len() as f64 / expected as f64;
+    eprintln!(
+        "uplink dropped {dropped} datagrams; SFU rebuilt {recovered} packets from RED; the \
+         physician (plain Opus) lost {:.2} % of {expected}",
+        lost * 100.0
+    );
+    assert_eq!(h.red_packets, 0, "plain Opus only");
+    assert_eq!(h.corrupt, 0);
+    assert!(recovered >= 5, "{recovered}");
+    assert!(lost < 0.02, "residual loss {lost}");
 }
