@@ -1004,12 +1004,17 @@ impl Engine {
     fn update_audio_hints(&mut self, now: Instant) {
         let mut worst: HashMap<(u64, Mid), f32> = HashMap::new();
         for p in self.participants.values() {
-            let loss = p.subscriber.counters.link.loss_to_client.unwrap_or(0.0);
+            let link_loss = p.subscriber.counters.link.loss_to_client.unwrap_or(0.0);
             for o in p
                 .outs
                 .iter()
                 .filter(|o| o.kind == TrackKind::Audio && o.state == OutState::Open)
             {
+                // This track's own loss (its receiver reports) when known.
+                let loss = o
+                    .mid
+                    .and_then(|m| p.subscriber.counters.egress_loss(m))
+                    .unwrap_or(link_loss);
                 let w = worst.entry(o.source).or_insert(0.0);
                 *w = w.max(loss);
             }

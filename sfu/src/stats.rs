@@ -34,6 +34,8 @@ pub struct PeerCounters {
     ingress: HashMap<Mid, MediaCounts>,
     /// Sent to the client per mid (its NACKs/PLIs toward us are counted here).
     egress: HashMap<Mid, MediaCounts>,
+    /// Per mid sent to the client: the loss its latest receiver reports show (fraction).
+    egress_loss: HashMap<Mid, f32>,
     pub link: LinkReport,
 }
 
@@ -64,7 +66,15 @@ impl PeerCounters {
         );
     }
 
+    /// The loss the client reports on what it gets on `mid`, if reported.
+    pub fn egress_loss(&self, mid: Mid) -> Option<f32> {
+        self.egress_loss.get(&mid).copied()
+    }
+
     pub fn on_egress(&mut self, s: &MediaEgressStats) {
+        if let Some(loss) = s.loss {
+            self.egress_loss.insert(s.mid, loss);
+        }
         self.egress.insert(
             s.mid,
             MediaCounts {
