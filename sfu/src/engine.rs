@@ -918,10 +918,16 @@ impl Engine {
                             changed = true;
                         }
                     } else {
-                        let since = *l.unwanted_since.get_or_insert(now);
                         // Only a layer being sent is worth pausing; one the publisher stopped
-                        // on its own must stay free to come back (and be switched to).
+                        // on its own must stay free to come back (and be switched to). The
+                        // time counts while it flows: one that just came back gets the full
+                        // delay for the allocator to choose it.
                         let rate = l.rate.bps(now);
+                        if rate == 0 && !l.hinted_off {
+                            l.unwanted_since = None;
+                            continue;
+                        }
+                        let since = *l.unwanted_since.get_or_insert(now);
                         if !l.hinted_off
                             && rate > 0
                             && now.saturating_duration_since(since) >= LAYER_PAUSE_AFTER
