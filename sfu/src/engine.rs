@@ -1337,46 +1337,8 @@ impl Engine {
         track.layers[layer]
             .rate
             .add(now, pkt.payload.len() + PACKET_OVERHEAD);
-        if !track.taps.is_empty() {
-            if track.tap_layer.is_none() {
-                // Recorders get one layer: the best one, once the rates are known.
-                track.tap_layer = track
-                    .top_layer(now)
-                    .filter(|i| track.layers[*i].rate.settled_bps(now).is_some());
-            }
-            // Recorders write plain Opus: a publisher's RED is stripped to its primary.
-            let red_in = p
-                .publisher
-                .rtc
-                .codec_config()
-                .params()
-                .iter()
-                .any(|c| c.red() == Some(pkt.header.payload_type));
-            let payload = if red_in {
-                crate::red::primary(&pkt.payload).map(Arc::from)
-            } else {
-                Some(pkt.payload.clone())
-            };
-            if let Some(payload) = payload.filter(|_| track.tap_layer == Some(layer)) {
-                // A full recorder loses this packet (it fills the gap); a closed one is dropped.
-                let copy = TapPacket {
-                    seq: *pkt.seq_no,
-                    timestamp: pkt.header.timestamp,
-                    marker: pkt.header.marker,
-                    payload,
-                };
-                track.taps.retain(|t| {
-                    !matches!(
-                        t.try_send(copy.clone()),
-                        Err(tokio::sync::mpsc::error::TrySendError::Closed(_))
-                    )
-                });
-            }
-        }
         let kind = track.kind;
         let simulcast = track.simulcast();
-        self.fanout.clear();
-        self.fanout.extend_from_slice(&track.subscribers);
         let in_pt = pkt.header.payload_type;
         // The codec, and whether the packet is RED (RFC 2198) around it.
         let params = p.publisher.rtc.codec_config().params();
@@ -1403,6 +1365,32 @@ impl Engine {
         } else {
             (pkt.payload.clone(), None)
         };
+        if !track.taps.is_empty() {
+            if track.tap_layer.is_none() {
+                // Recorders get one layer: the best one, once the rates are known.
+                track.tap_layer = track
+                    .top_layer(now)
+                    .filter(|i| track.layers[*i].rate.settled_bps(now).is_some());
+            }
+            if track.tap_layer == Some(layer) {
+                // Recorders write plain Opus (a publisher's RED stripped to its primary). A
+                // full recorder loses this packet (it fills the gap); a closed one is dropped.
+                let copy = TapPacket {
+                    seq: *pkt.seq_no,
+                    timestamp: pkt.header.timestamp,
+                    marker: pkt.header.marker,
+                    payload: plain.clone(),
+                };
+                track.taps.retain(|t| {
+                    !matches!(
+                        t.try_send(copy.clone()),
+                        Err(tokio::sync::mpsc::error::TrySendError::Closed(_))
+                    )
+                });
+            }
+        }
+        self.fanout.clear();
+        self.fanout.extend_from_slice(&track.subscribers);
         let previous = if kind == TrackKind::Audio && !in_red {
             track.red_prev.replace(crate::red::Previous {
                 seq: pkt.seq_no,

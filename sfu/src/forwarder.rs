@@ -135,12 +135,6 @@ impl Forwarder {
         self.target.is_some() && self.current != self.target
     }
 
-    /// Whether `layer` would be forwarded if it started a keyframe now (lets the caller parse
-    /// the payload only when it matters).
-    pub fn wants_keyframe_of(&self, layer: usize) -> bool {
-        self.target == Some(layer) && self.current != Some(layer)
-    }
-
     /// Decide on one source packet: `None` drops it for this subscriber. `keyframe` tells
     /// whether it starts a keyframe; it is only asked when that decides.
     pub fn accept(
@@ -383,9 +377,9 @@ mod tests {
         assert!(f.set_target(Some(1)));
         f.accept(t0, l1.next(), || true).unwrap();
         assert!(!f.set_target(Some(1)));
-        assert!(!f.wants_keyframe_of(0));
+        assert!(!f.switching());
         assert!(f.set_target(Some(0)));
-        assert!(f.wants_keyframe_of(0));
+        assert!(f.switching() && f.target() == Some(0));
         // Still switching: asking again is right (the keyframe may have been lost).
         assert!(f.set_target(Some(0)));
     }

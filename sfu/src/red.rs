@@ -46,10 +46,6 @@ impl RedPolicy {
         }
         self.on
     }
-
-    pub fn on(&self) -> bool {
-        self.on
-    }
 }
 
 /// The last plain Opus packet of a track, to send again inside the next one.
