@@ -68,9 +68,82 @@ impl Rng {
     }
 }
 
+/// What a link was offered, by kind of datagram (headers are in the clear under SRTP), to see
+/// what fills a thin link: media, retransmissions, padding or RTCP.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct TrafficMix {
+    /// RTP bytes and packets by payload type.
+    pub rtp_bytes_by_pt: [u64; 128],
+    pub rtp_packets_by_pt: [u64; 128],
+    /// RTP packets with the padding bit set (padding-only probes are among them).
+    pub padded_packets: u64,
+    pub padded_bytes: u64,
+    pub rtcp_bytes: u64,
+    /// STUN, DTLS and anything else.
+    pub other_bytes: u64,
+}
+
+impl Default for TrafficMix {
+    fn default() -> Self {
+        TrafficMix {
+            rtp_bytes_by_pt: [0; 128],
+            rtp_packets_by_pt: [0; 128],
+            padded_packets: 0,
+            padded_bytes: 0,
+            rtcp_bytes: 0,
+            other_bytes: 0,
+        }
+    }
+}
+
+impl TrafficMix {
+    fn count(&mut self, buf: &[u8]) {
+        let len = buf.len() as u64;
+        if is_rtp(buf) {
+            let pt = usize::from(buf[1] & 0x7f);
+            self.rtp_bytes_by_pt[pt] += len;
+            self.rtp_packets_by_pt[pt] += 1;
+            if buf[0] & 0x20 != 0 {
+                self.padded_packets += 1;
+                self.padded_bytes += len;
+            }
+        } else if buf.len() >= 2 && (128..192).contains(&buf[0]) {
+            self.rtcp_bytes += len;
+        } else {
+            self.other_bytes += len;
+        }
+    }
+
+    /// What was offered between `earlier` and this one.
+    pub fn since(&self, earlier: &TrafficMix) -> TrafficMix {
+        let mut d = *self;
+        for pt in 0..128 {
+            d.rtp_bytes_by_pt[pt] -= earlier.rtp_bytes_by_pt[pt];
+            d.rtp_packets_by_pt[pt] -= earlier.rtp_packets_by_pt[pt];
+        }
+        d.padded_packets -= earlier.padded_packets;
+        d.padded_bytes -= earlier.padded_bytes;
+        d.rtcp_bytes -= earlier.rtcp_bytes;
+        d.other_bytes -= earlier.other_bytes;
+        d
+    }
+
+    /// (payload type, packets, bytes) of the payload types seen.
+    pub fn by_pt(&self) -> Vec<(u8, u64, u64)> {
+        (0..128u8)
+            .filter(|pt| self.rtp_packets_by_pt[usize::from(*pt)] > 0)
+            .map(|pt| {
+                let i = usize::from(pt);
+                (pt, self.rtp_packets_by_pt[i], self.rtp_bytes_by_pt[i])
+            })
+            .collect()
+    }
+}
+
 /// One direction of an impaired link: the [`LinkModel`] decides, a task delivers on time.
 pub struct Shaper {
     model: std::sync::Mutex<LinkModel>,
+    mix: std::sync::Mutex<TrafficMix>,
     deliveries: tokio::sync::mpsc::UnboundedSender<Delivery>,
 }
 
@@ -133,6 +206,7 @@ impl Shaper {
                 schedule,
                 seed,
             )),
+            mix: std::sync::Mutex::default(),
             deliveries: tx,
         })
     }
@@ -140,6 +214,9 @@ impl Shaper {
     /// Pass a datagram through the link: dropped, or sent from `socket` to `to` when due.
     pub fn send(&self, bytes: &[u8], socket: &Arc<UdpSocket>, to: SocketAddr) {
         let now = std::time::Instant::now();
+        if let Ok(mut mix) = self.mix.lock() {
+            mix.count(bytes);
+        }
         let (verdict, order) = {
             let Ok(mut m) = self.model.lock() else { return };
             let v = m.on_packet(now, bytes.len());
@@ -159,6 +236,11 @@ impl Shaper {
 
     pub fn stats(&self) -> LinkStats {
         self.model.lock().map(|m| m.stats).unwrap_or_default()
+    }
+
+    /// What the link was offered so far, by kind of datagram.
+    pub fn mix(&self) -> TrafficMix {
+        self.mix.lock().map(|m| *m).unwrap_or_default()
     }
 }
 
@@ -188,6 +270,12 @@ impl LossyRelay {
     /// What each direction's link did: (toward the server, toward the client).
     pub fn link_stats(&self) -> (LinkStats, LinkStats) {
         let s = |x: &Option<Arc<Shaper>>| x.as_ref().map(|s| s.stats()).unwrap_or_default();
+        (s(&self.shapers.to_server), s(&self.shapers.to_client))
+    }
+
+    /// What each direction's link was offered, by kind: (toward the server, toward the client).
+    pub fn traffic_mix(&self) -> (TrafficMix, TrafficMix) {
+        let s = |x: &Option<Arc<Shaper>>| x.as_ref().map(|s| s.mix()).unwrap_or_default();
         (s(&self.shapers.to_server), s(&self.shapers.to_client))
     }
 

@@ -53,6 +53,10 @@ pub const AUDIO_HINT_INTERVAL: Duration = Duration::from_secs(2);
 
 /// How often every subscriber's allocation is redone (besides on each new estimate).
 const ALLOCATION_INTERVAL: Duration = Duration::from_millis(250);
+/// str0m's defaults for a stream's resend cache, restored when it is emptied.
+const RESEND_CACHE_PACKETS: usize = 1024;
+const RESEND_CACHE_AGE: Duration = Duration::from_secs(3);
+const RESEND_RATIO_CAP: f32 = 0.15;
 
 /// Under this estimate a subscriber's link is reported low (`low_link`); it is reported fine
 /// again above [`LINK_OK_BPS`].
@@ -320,6 +324,7 @@ impl Engine {
             }
             self.update_layer_hints(now);
             self.update_audio_hints(now);
+            self.clear_idle_resend_caches(now);
         }
         self.drain(now, tx);
     }
@@ -888,6 +893,31 @@ impl Engine {
         self.notify_bandwidth(now, key);
         for ((src, mid), layer) in keyframes {
             self.request_keyframe(now, src, mid, layer, KeyframeRequestKind::Pli);
+        }
+    }
+
+    /// Empty the resend cache of video copies that forward nothing (paused, or their
+    /// publisher stopped): see [`crate::resend`].
+    fn clear_idle_resend_caches(&mut self, now: Instant) {
+        for p in self.participants.values_mut() {
+            for o in p.outs.iter_mut() {
+                if o.kind != TrackKind::Video || o.state != OutState::Open {
+                    continue;
+                }
+                let Some(mid) = o.mid else { continue };
+                if !o.resend_cache.due(now, o.fwd.last_forwarded()) {
+                    continue;
+                }
+                let mut api = p.subscriber.rtc.direct_api();
+                if let Some(stream) = api.stream_tx_by_mid(mid, None) {
+                    stream.set_rtx_cache(
+                        RESEND_CACHE_PACKETS,
+                        RESEND_CACHE_AGE,
+                        Some(RESEND_RATIO_CAP),
+                    );
+                    debug!(participant = %p.id, track = %o.track_id(), "idle copy: resend cache emptied");
+                }
+            }
         }
     }
 

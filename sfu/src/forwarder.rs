@@ -125,6 +125,11 @@ impl Forwarder {
         self.current
     }
 
+    /// When the last packet (later than those before it) was let through.
+    pub fn last_forwarded(&self) -> Option<Instant> {
+        self.last.map(|l| l.at)
+    }
+
     /// Not paused.
     pub fn forwarding(&self) -> bool {
         self.target.is_some()

@@ -20,6 +20,7 @@ pub mod forwarder;
 mod keyframe;
 mod peer;
 pub mod red;
+pub mod resend;
 pub mod router;
 pub mod runner;
 mod shard;

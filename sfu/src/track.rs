@@ -213,6 +213,8 @@ pub struct TrackOut {
     pub red_pt: Option<Pt>,
     /// Send it as RED now (the link loses packets, and the redundancy fits).
     pub red: bool,
+    /// Emptying of the subscriber stream's resend cache while this copy is idle.
+    pub resend_cache: crate::resend::ResendCacheState,
 }
 
 impl TrackOut {
@@ -237,6 +239,7 @@ impl TrackOut {
             pt_map: Vec::new(),
             red_pt: None,
             red: false,
+            resend_cache: Default::default(),
         }
     }
 

@@ -151,7 +151,7 @@ async fn consultation_at_100_kbps_keeps_the_stethoscope() {
             RECOVERED_AT - Duration::from_secs(1),
         ];
         if link_marks.len() < 2 && t0.elapsed() >= marks[link_marks.len()] {
-            link_marks.push((t0.elapsed(), relay.link_stats().1));
+            link_marks.push((t0.elapsed(), relay.link_stats().1, relay.traffic_mix().1));
         }
         if degraded_metrics.is_none() && t0.elapsed() >= RECOVERED_AT - Duration::from_secs(2) {
             // What the operators' dashboard shows of the physician's link at 100 kbps.
@@ -179,6 +179,7 @@ async fn consultation_at_100_kbps_keeps_the_stethoscope() {
                 p.audio_only,
                 p.link.loss_to_client,
                 p.link.rtt_ms,
+                relay.traffic_mix().1,
             ));
         }
         tokio::time::sleep(Duration::from_millis(250)).await;
@@ -334,10 +335,19 @@ async fn consultation_at_100_kbps_keeps_the_stethoscope() {
         })
         .map(|i| (series[i].0 - DEGRADED_AT).as_millis() as u64);
 
-    let (ta, a) = &link_marks[0];
-    let (tb, b) = &link_marks[1];
+    let (ta, a, mix_a) = &link_marks[0];
+    let (tb, b, mix_b) = &link_marks[1];
     let secs = (*tb - *ta).as_secs_f64();
+    let mix = mix_b.since(mix_a);
+    let kbps_of = |bytes: u64| (bytes as f64 * 8.0 / secs / 10.0).round() / 100.0;
     let downlink = json!({
+        "by_payload_type": mix.by_pt().iter().map(|(pt, n, bytes)| json!({
+            "pt": pt, "packets_per_s": (*n as f64 / secs * 10.0).round() / 10.0, "kbps": kbps_of(*bytes),
+        })).collect::<Vec<_>>(),
+        "padded_kbps": kbps_of(mix.padded_bytes),
+        "padded_packets_per_s": (mix.padded_packets as f64 / secs * 10.0).round() / 10.0,
+        "rtcp_kbps": kbps_of(mix.rtcp_bytes),
+        "other_kbps": kbps_of(mix.other_bytes),
         "offered_kbps": (b.bytes - a.bytes) as f64 * 8.0 / secs / 1000.0,
         "packets_per_s": (b.packets - a.packets) as f64 / secs,
         "dropped_queue": b.dropped_queue - a.dropped_queue,
@@ -371,7 +381,15 @@ async fn consultation_at_100_kbps_keeps_the_stethoscope() {
             "camera": {"packets": sent_cam.packets, "keyframes": sent_cam.keyframes},
         },
         "notices": notices.iter().map(|n| json!({"audio_only": n.0, "low_link": n.1, "estimate_kbps": n.2})).collect::<Vec<_>>(),
-        "series": series.iter().map(|s| json!({
+        "series": series.iter().enumerate().map(|(i, s)| json!({
+            // What the physician's downlink was offered since the sample before, by RTP
+            // payload type (audio, video, retransmissions), in kbit/s.
+            "offered_kbps_by_pt": i.checked_sub(1).map(|j| {
+                let secs = (s.0 - series[j].0).as_secs_f64();
+                s.6.since(&series[j].6).by_pt().iter()
+                    .map(|(pt, _, bytes)| (pt.to_string(), json!((*bytes as f64 * 8.0 / secs / 1000.0).round())))
+                    .collect::<serde_json::Map<_, _>>()
+            }),
             "t_ms": s.0.as_millis() as u64,
             "estimate_bps": s.1,
             "allocated_bps": s.2,
