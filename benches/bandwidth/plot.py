@@ -21,6 +21,11 @@ def main(src, dst):
         ax.axvspan(phases["degraded"], phases["recovered"], color="#fde8e8", zorder=0)
         ax.grid(alpha=0.3)
     top.plot(t, kbps([s["estimate_bps"] for s in series]), label="str0m estimate")
+    top.plot(
+        t,
+        kbps([s.get("allocation_estimate_bps") for s in series]),
+        label="estimate allocated on (gated)",
+    )
     top.plot(t, kbps([s["allocated_bps"] for s in series]), label="allocated")
     top.set_ylabel("kbit/s (physician's downlink)")
     top.set_yscale("log")

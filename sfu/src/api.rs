@@ -182,6 +182,9 @@ pub struct PeerReport {
     pub link: crate::stats::LinkReport,
     /// Subscriber connection under bandwidth allocation: the rate of what is forwarded.
     pub allocated_bps: Option<u64>,
+    /// Subscriber connection under bandwidth allocation: the estimate split across its tracks
+    /// (str0m's estimate through the congestion gate, see [`crate::congestion`]).
+    pub allocation_estimate_bps: Option<u64>,
     /// Subscriber connection with every video track paused for lack of bandwidth.
     pub audio_only: bool,
 }

@@ -10,6 +10,12 @@
 //! take one step up (it takes at most one per hold); if that step builds a queue, the now
 //! trusted estimate takes it back, and the next probe waits twice as long (up to
 //! [`MAX_HOLD`]).
+//!
+//! A link that collapses (a deep queue that also overflows: RTT far above its minimum and
+//! receiver reports losing [`OVERFLOW_LOSS`] or more) is cut at once to what the reports say
+//! got through, without waiting for str0m's estimate, which took 3–4 s to come down from
+//! 1.7 Mbit/s to 150 kbit/s when the physician's link fell to 100 kbit/s, while video kept
+//! the link's queue full ahead of the stethoscope.
 
 use std::time::{Duration, Instant};
 
@@ -23,6 +29,14 @@ pub const HEALTHY_HOLD: Duration = Duration::from_secs(3);
 pub const MAX_HOLD: Duration = Duration::from_secs(24);
 /// Queueing this soon after a probe step is blamed on the step.
 pub const PROBE_BLAME: Duration = Duration::from_secs(5);
+/// A queue this deep (RTT above its minimum) that also overflows…
+pub const DEEP_QUEUE_MS: f32 = 150.0;
+/// …losing this share of what is sent, means the link collapsed under what flows.
+pub const OVERFLOW_LOSS: f32 = 0.10;
+/// At most one cut per receiver-report interval (each cut must show in the reports).
+pub const CUT_INTERVAL: Duration = Duration::from_secs(1);
+/// A cut aims this far under what the reports say got through.
+pub const CUT_MARGIN: f64 = 0.85;
 
 #[derive(Debug)]
 pub struct CongestionGate {
@@ -34,6 +48,8 @@ pub struct CongestionGate {
     probed_at: Option<Instant>,
     /// Since when the RTT has been above its minimum by [`QUEUEING_MS`].
     queued_since: Option<Instant>,
+    /// A collapse cut: (what is let flow, when), until the queue drains.
+    cut: Option<(u64, Instant)>,
 }
 
 impl Default for CongestionGate {
@@ -45,6 +61,7 @@ impl Default for CongestionGate {
             congested: false,
             probed_at: None,
             queued_since: None,
+            cut: None,
         }
     }
 }
@@ -55,13 +72,20 @@ impl CongestionGate {
         self.congested
     }
 
-    /// The estimate to allocate with. `allocated_bps` is what is forwarded now, `wanted_bps`
-    /// what forwarding everything would need (both as the allocator counts them).
+    /// The cut in force after a collapse, if any.
+    pub fn cut_bps(&self) -> Option<u64> {
+        self.cut.map(|c| c.0)
+    }
+
+    /// The estimate to allocate with. `loss` is the share of what is sent that the receiver
+    /// reports lost, `allocated_bps` what is forwarded now, `wanted_bps` what forwarding
+    /// everything would need (both as the allocator counts them).
     pub fn effective_estimate(
         &mut self,
         now: Instant,
         estimate_bps: u64,
         rtt_ms: Option<f32>,
+        loss: Option<f32>,
         allocated_bps: u64,
         wanted_bps: u64,
     ) -> u64 {
@@ -90,6 +114,21 @@ impl CongestionGate {
                 };
             }
             self.congested = congested;
+            let deep = rtt > min + DEEP_QUEUE_MS;
+            let overflowing = loss.is_some_and(|l| l >= OVERFLOW_LOSS);
+            if congested && deep && overflowing {
+                let due = self
+                    .cut
+                    .is_none_or(|(_, at)| now.saturating_duration_since(at) >= CUT_INTERVAL);
+                if due {
+                    let delivered = allocated_bps as f64 * f64::from(1.0 - loss.unwrap_or(0.0));
+                    let cap = (delivered * CUT_MARGIN / crate::allocator::USABLE_SHARE) as u64;
+                    self.cut = Some((cap, now));
+                }
+            }
+        }
+        if !self.congested {
+            self.cut = None;
         }
         // What flows now, as an estimate that fits it and nothing more.
         let keep = (allocated_bps as f64 * 1.05 / crate::allocator::USABLE_SHARE) as u64;
@@ -97,7 +136,8 @@ impl CongestionGate {
             self.healthy_since = None;
             // A queue is building: the estimate may take tracks down, but nothing is added
             // until it drains (str0m's estimate lags the queue by seconds).
-            return estimate_bps.min(keep);
+            let cut = self.cut.map_or(u64::MAX, |c| c.0);
+            return estimate_bps.min(keep).min(cut);
         }
         let since = *self.healthy_since.get_or_insert(now);
         if now.saturating_duration_since(since) >= MAX_HOLD {
@@ -127,7 +167,7 @@ mod tests {
         let t = Instant::now();
         let mut g = CongestionGate::default();
         // A bogus low estimate on a 1 ms link: what flows (900 k) is kept.
-        let e = g.effective_estimate(t, 300_000, Some(1.0), 900_000, 1_500_000);
+        let e = g.effective_estimate(t, 300_000, Some(1.0), None, 900_000, 1_500_000);
         assert_eq!(e, 1_050_000);
         assert!(!g.congested());
     }
@@ -136,15 +176,22 @@ mod tests {
     fn queueing_makes_the_estimate_count() {
         let t = Instant::now();
         let mut g = CongestionGate::default();
-        g.effective_estimate(t, 2_000_000, Some(50.0), 900_000, 1_500_000);
+        g.effective_estimate(t, 2_000_000, Some(50.0), None, 900_000, 1_500_000);
         // One late report is not a queue.
-        let e = g.effective_estimate(t, 80_000, Some(230.0), 900_000, 1_500_000);
+        let e = g.effective_estimate(t, 80_000, Some(230.0), None, 900_000, 1_500_000);
         assert!(e > 80_000);
-        let e = g.effective_estimate(t + SUSTAINED, 80_000, Some(230.0), 900_000, 1_500_000);
+        let e = g.effective_estimate(t + SUSTAINED, 80_000, Some(230.0), None, 900_000, 1_500_000);
         assert_eq!(e, 80_000);
         assert!(g.congested());
         // While the queue lasts, a higher (lagging) estimate adds nothing beyond what flows.
-        let e = g.effective_estimate(t + SUSTAINED * 2, 500_000, Some(400.0), 72_000, 1_500_000);
+        let e = g.effective_estimate(
+            t + SUSTAINED * 2,
+            500_000,
+            Some(400.0),
+            None,
+            72_000,
+            1_500_000,
+        );
         assert_eq!(
             e,
             (72_000f64 * 1.05 / crate::allocator::USABLE_SHARE) as u64
@@ -155,36 +202,59 @@ mod tests {
     fn a_healthy_link_is_probed_with_media_and_backs_off() {
         let t = Instant::now();
         let mut g = CongestionGate::default();
-        g.effective_estimate(t, 300_000, Some(50.0), 72_000, 1_200_000);
+        g.effective_estimate(t, 300_000, Some(50.0), None, 72_000, 1_200_000);
         // Not yet: only what flows is kept.
         let e = g.effective_estimate(
             t + Duration::from_secs(1),
             300_000,
             Some(50.0),
+            None,
             72_000,
             1_200_000,
         );
         assert_eq!(e, 300_000);
         // After the hold, room for everything: the allocator steps up (one step per hold).
-        let e = g.effective_estimate(t + HEALTHY_HOLD, 300_000, Some(50.0), 72_000, 1_200_000);
+        let e = g.effective_estimate(
+            t + HEALTHY_HOLD,
+            300_000,
+            Some(50.0),
+            None,
+            72_000,
+            1_200_000,
+        );
         assert!(e >= 1_200_000);
         // The step builds a queue: the estimate counts again, and the next try waits longer.
         let t2 = t + HEALTHY_HOLD + Duration::from_secs(1);
         // One late report is not a queue; half a second of them is.
-        let e = g.effective_estimate(t2 - SUSTAINED, 250_000, Some(120.0), 500_000, 1_200_000);
+        let e = g.effective_estimate(
+            t2 - SUSTAINED,
+            250_000,
+            Some(120.0),
+            None,
+            500_000,
+            1_200_000,
+        );
         assert!(e > 250_000);
         assert_eq!(
-            g.effective_estimate(t2, 250_000, Some(120.0), 500_000, 1_200_000),
+            g.effective_estimate(t2, 250_000, Some(120.0), None, 500_000, 1_200_000),
             250_000
         );
         let t3 = t2 + Duration::from_secs(1);
-        g.effective_estimate(t3, 250_000, Some(50.0), 72_000, 1_200_000);
-        let e = g.effective_estimate(t3 + HEALTHY_HOLD, 250_000, Some(50.0), 72_000, 1_200_000);
+        g.effective_estimate(t3, 250_000, Some(50.0), None, 72_000, 1_200_000);
+        let e = g.effective_estimate(
+            t3 + HEALTHY_HOLD,
+            250_000,
+            Some(50.0),
+            None,
+            72_000,
+            1_200_000,
+        );
         assert!(e < 1_200_000, "backed off: {e}");
         let e = g.effective_estimate(
             t3 + HEALTHY_HOLD * 2,
             250_000,
             Some(50.0),
+            None,
             72_000,
             1_200_000,
         );
@@ -192,20 +262,115 @@ mod tests {
     }
 
     #[test]
+    fn a_collapsing_link_is_cut_to_what_got_through_once_per_report_interval() {
+        let t = Instant::now();
+        let ms = |n: u64| t + Duration::from_millis(n);
+        let mut g = CongestionGate::default();
+        g.effective_estimate(t, 1_700_000, Some(50.0), Some(0.0), 1_100_000, 1_300_000);
+        // The queue deepens; str0m's estimate has not moved yet.
+        g.effective_estimate(
+            ms(500),
+            1_700_000,
+            Some(450.0),
+            Some(0.0),
+            1_100_000,
+            1_300_000,
+        );
+        let e = g.effective_estimate(
+            ms(1_000),
+            1_700_000,
+            Some(450.0),
+            Some(0.02),
+            1_100_000,
+            1_300_000,
+        );
+        assert!(e > 1_000_000, "a deep queue alone is not a collapse: {e}");
+        assert_eq!(g.cut_bps(), None);
+        // Reports show half of it lost: cut to what got through, with margin.
+        let e = g.effective_estimate(
+            ms(1_250),
+            1_700_000,
+            Some(450.0),
+            Some(0.5),
+            1_100_000,
+            1_300_000,
+        );
+        let expected = (1_100_000.0 * 0.5 * CUT_MARGIN / crate::allocator::USABLE_SHARE) as u64;
+        assert_eq!(e, expected);
+        // The same reports a moment later do not cut again…
+        let e = g.effective_estimate(
+            ms(1_500),
+            1_700_000,
+            Some(450.0),
+            Some(0.5),
+            470_000,
+            1_300_000,
+        );
+        assert_eq!(
+            e,
+            expected.min((470_000f64 * 1.05 / crate::allocator::USABLE_SHARE) as u64)
+        );
+        // …a report interval later, still overflowing, they do.
+        let e = g.effective_estimate(
+            ms(2_250),
+            1_700_000,
+            Some(450.0),
+            Some(0.4),
+            470_000,
+            1_300_000,
+        );
+        assert_eq!(
+            e,
+            (470_000.0 * 0.6 * CUT_MARGIN / crate::allocator::USABLE_SHARE) as u64
+        );
+        // The queue drains: no cut any more (the estimate and the hold take over).
+        g.effective_estimate(ms(4_000), 90_000, Some(60.0), Some(0.02), 72_000, 1_300_000);
+        assert_eq!(g.cut_bps(), None);
+    }
+
+    #[test]
+    fn random_loss_without_a_deep_queue_cuts_nothing() {
+        let t = Instant::now();
+        let mut g = CongestionGate::default();
+        g.effective_estimate(t, 1_000_000, Some(50.0), Some(0.0), 800_000, 900_000);
+        for i in 1..20u64 {
+            let now = t + Duration::from_millis(250 * i);
+            // 15 % loss on a link whose queue stays shallow (RTT +60 ms: congested, not deep).
+            let e = g.effective_estimate(now, 1_000_000, Some(110.0), Some(0.15), 800_000, 900_000);
+            assert!(e >= 800_000, "{e}");
+        }
+        assert_eq!(g.cut_bps(), None);
+    }
+
+    #[test]
     fn a_link_that_degrades_by_itself_does_not_lengthen_the_hold() {
         let t = Instant::now();
         let mut g = CongestionGate::default();
-        g.effective_estimate(t, 2_000_000, Some(50.0), 1_000_000, 1_000_000);
+        g.effective_estimate(t, 2_000_000, Some(50.0), None, 1_000_000, 1_000_000);
         // Long after any probe, the link gets slow: trusted estimate, short hold kept.
         let t1 = t + Duration::from_secs(30);
-        g.effective_estimate(t1 - SUSTAINED, 80_000, Some(250.0), 1_000_000, 1_000_000);
+        g.effective_estimate(
+            t1 - SUSTAINED,
+            80_000,
+            Some(250.0),
+            None,
+            1_000_000,
+            1_000_000,
+        );
         assert_eq!(
-            g.effective_estimate(t1, 80_000, Some(250.0), 1_000_000, 1_000_000),
+            g.effective_estimate(t1, 80_000, Some(250.0), None, 1_000_000, 1_000_000),
             80_000
         );
         let t2 = t1 + Duration::from_secs(10);
-        g.effective_estimate(t2, 80_000, Some(50.0), 72_000, 1_000_000);
-        let e = g.effective_estimate(t2 + HEALTHY_HOLD, 80_000, Some(50.0), 72_000, 1_000_000);
+        g.effective_estimate(t2, 80_000, Some(50.0), None, 72_000, 1_000_000);
+        let e = g.effective_estimate(
+            t2 + HEALTHY_HOLD,
+            80_000,
+            Some(50.0),
+            None,
+            72_000,
+            1_000_000,
+        );
         assert!(e >= 1_000_000);
     }
 }

@@ -88,6 +88,8 @@ struct Participant {
     twcc_bps: Option<u64>,
     remb_bps: Option<u64>,
     allocated_bps: u64,
+    /// The estimate the allocator last split (str0m's, through the congestion gate).
+    allocation_estimate_bps: Option<u64>,
     /// The allocator's latest result put every video track on pause.
     allocation_audio_only: bool,
     /// Audio-only as last told to the client.
@@ -200,6 +202,9 @@ impl Engine {
                     link: peer.counters.link,
                     allocated_bps: (subscriber && p.estimate_bps().is_some())
                         .then_some(p.allocated_bps),
+                    allocation_estimate_bps: p
+                        .allocation_estimate_bps
+                        .filter(|_| subscriber && p.estimate_bps().is_some()),
                     audio_only: subscriber && p.audio_only,
                 });
             }
@@ -495,6 +500,7 @@ impl Engine {
                 twcc_bps: None,
                 remb_bps: None,
                 allocated_bps: 0,
+                allocation_estimate_bps: None,
                 allocation_audio_only: false,
                 audio_only: false,
                 low_link: false,
@@ -1096,12 +1102,14 @@ impl Engine {
         // str0m's estimate counts where the link shows queueing (see `congestion`).
         let raw_estimate = estimate;
         let rtt = p.subscriber.counters.link.rtt_ms;
+        let loss = p.subscriber.counters.link.loss_to_client;
         let estimate = p
             .gate
-            .effective_estimate(now, estimate, rtt, flowing, wanted);
+            .effective_estimate(now, estimate, rtt, loss, flowing, wanted);
         let allocation = p.allocator.allocate(now, estimate, demands);
         debug!(participant = %p.id, raw_estimate, flowing, estimate, ?rtt, ?demands, ?allocation, "allocation");
         p.allocated_bps = allocation.allocated_bps;
+        p.allocation_estimate_bps = Some(estimate);
         p.allocation_audio_only = allocation.audio_only;
         // No padding (minimum 0): webrtc-rs peers leave str0m's probe packets out of their
         // TWCC feedback, which reads as loss, and on a thin link padding would queue ahead of

@@ -24,6 +24,7 @@ pub struct Metrics {
     counters: Vec<(IntCounter, ReadCounter)>,
     estimate: prometheus::GaugeVec,
     allocated: prometheus::GaugeVec,
+    allocation_estimate: prometheus::GaugeVec,
     audio_only: prometheus::GaugeVec,
     rtt: prometheus::GaugeVec,
     loss: prometheus::GaugeVec,
@@ -167,6 +168,11 @@ impl Metrics {
                 "Bandwidth estimate toward the client, bits per second",
                 &[],
             ),
+            allocation_estimate: per_peer(
+                "consult_peer_allocation_estimate_bps",
+                "The estimate the allocator splits toward the client (after the congestion gate), bits per second",
+                &[],
+            ),
             allocated: per_peer(
                 "consult_peer_allocated_bps",
                 "What the allocator forwards toward the client, bits per second",
@@ -218,6 +224,7 @@ impl Metrics {
         }
         self.estimate.reset();
         self.allocated.reset();
+        self.allocation_estimate.reset();
         self.audio_only.reset();
         self.rtt.reset();
         self.loss.reset();
@@ -229,6 +236,11 @@ impl Metrics {
             let labels = [p.room.as_str(), p.participant.as_str(), conn];
             if let Some(e) = p.link.estimate_bps {
                 self.estimate.with_label_values(&labels).set(e as f64);
+            }
+            if let Some(e) = p.allocation_estimate_bps {
+                self.allocation_estimate
+                    .with_label_values(&labels)
+                    .set(e as f64);
             }
             if let Some(a) = p.allocated_bps {
                 self.allocated.with_label_values(&labels).set(a as f64);

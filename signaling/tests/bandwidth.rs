@@ -180,6 +180,7 @@ async fn consultation_at_100_kbps_keeps_the_stethoscope() {
                 p.link.loss_to_client,
                 p.link.rtt_ms,
                 relay.traffic_mix().1,
+                p.allocation_estimate_bps,
             ));
         }
         tokio::time::sleep(Duration::from_millis(250)).await;
@@ -322,18 +323,21 @@ async fn consultation_at_100_kbps_keeps_the_stethoscope() {
         .find(|s| cam_top_rate[*s] * 10 >= before * 9)
         .map(|s| s as u64 - RECOVERED_AT.as_secs());
     // Estimate settled: from the step down, the first sample under 150 kbps from which
-    // every sample until recovery stays under 200 kbps.
-    let settle_ms = series
-        .iter()
-        .position(|s| {
-            s.0 >= DEGRADED_AT
-                && s.1.is_some_and(|e| e < 150_000)
-                && series
-                    .iter()
-                    .filter(|x| x.0 >= s.0 && x.0 < RECOVERED_AT)
-                    .all(|x| x.1.is_some_and(|e| e < 200_000))
-        })
-        .map(|i| (series[i].0 - DEGRADED_AT).as_millis() as u64);
+    // every sample until recovery stays under 200 kbps. For the estimate the allocator acts
+    // on (str0m's through the congestion gate), and for str0m's own.
+    let settled = |estimate: &dyn Fn(usize) -> Option<u64>| {
+        (0..series.len())
+            .find(|&i| {
+                series[i].0 >= DEGRADED_AT
+                    && estimate(i).is_some_and(|e| e < 150_000)
+                    && (i..series.len())
+                        .filter(|&j| series[j].0 < RECOVERED_AT)
+                        .all(|j| estimate(j).is_some_and(|e| e < 200_000))
+            })
+            .map(|i| (series[i].0 - DEGRADED_AT).as_millis() as u64)
+    };
+    let settle_ms = settled(&|i| series[i].7);
+    let str0m_settle_ms = settled(&|i| series[i].1);
 
     let (ta, a, mix_a) = &link_marks[0];
     let (tb, b, mix_b) = &link_marks[1];
@@ -365,6 +369,7 @@ async fn consultation_at_100_kbps_keeps_the_stethoscope() {
         "stethoscope": steth_report,
         "speech": speech_report,
         "estimate_settled_after_ms": settle_ms,
+        "str0m_estimate_settled_after_ms": str0m_settle_ms,
         "camera_back_after_s": back_s,
         "video_packets_per_s": {"camera": cam_rate, "camera_top_layer": cam_top_rate, "otoscope": oto_rate},
         "camera_layer_per_s": cam_layer,
@@ -392,6 +397,7 @@ async fn consultation_at_100_kbps_keeps_the_stethoscope() {
             }),
             "t_ms": s.0.as_millis() as u64,
             "estimate_bps": s.1,
+            "allocation_estimate_bps": s.7,
             "allocated_bps": s.2,
             "audio_only": s.3,
             "loss": s.4,
@@ -412,11 +418,16 @@ async fn consultation_at_100_kbps_keeps_the_stethoscope() {
     // the closing notes; the ones not met yet are not asserted here).
     for r in [&steth_report, &speech_report] {
         let share = r["in_time_share"].as_f64().unwrap();
-        // 2 % of the packets are lost at random on this link and audio is not repaired yet;
-        // measured 96–98 % and gaps of 150–245 ms (targets: 99 %, 200 ms). Regression guards:
-        assert!(share >= 0.93, "{r}");
-        assert!(r["max_gap_ms"].as_u64().unwrap() <= 400, "{r}");
+        // 2 % of the packets are lost at random on this link and the audio is not repaired
+        // (RED does not fit beside it): measured 96.8–98.5 % and gaps of 81–161 ms (targets:
+        // 99 %, 200 ms). Regression guards:
+        assert!(share >= 0.95, "{r}");
+        assert!(r["max_gap_ms"].as_u64().unwrap() <= 300, "{r}");
     }
+    // Once settled, the thin downlink carries the audio and little else: no stale video
+    // retransmissions, no queue overflow (measured 81 kbit/s offered for 77 kbit/s of audio).
+    let offered = downlink["offered_kbps"].as_f64().unwrap();
+    assert!(offered <= 120.0, "{downlink}");
     let (audio_only_gauge, allocated_gauge, estimate_gauge) = degraded_metrics.unwrap();
     eprintln!("metrics at 100 kbps: audio_only {audio_only_gauge:?}, allocated {allocated_gauge:?}, estimate {estimate_gauge:?}");
     assert_eq!(audio_only_gauge, Some(1.0));
@@ -429,8 +440,9 @@ async fn consultation_at_100_kbps_keeps_the_stethoscope() {
         "the physician was told video is paused: {notices:?}"
     );
     assert!(
-        // Measured 1.3–4.3 s (target 2 s).
-        settle_ms.is_some_and(|ms| ms <= 8_000),
+        // The estimate the allocator acts on: measured 2.3–2.5 s (target 2 s); str0m's own
+        // took 4.0–4.3 s.
+        settle_ms.is_some_and(|ms| ms <= 5_000),
         "estimate settled after {settle_ms:?} ms"
     );
     // The physician's report lists the period in audio-only mode and the low estimate.
@@ -459,9 +471,8 @@ async fn consultation_at_100_kbps_keeps_the_stethoscope() {
         );
     }
 
-    // The camera's top simulcast layer comes back after the recovery (measured 12 s to 90 %
-    // of its packet rate, held back by str0m's pacer at its still-low estimate: the target is
-    // 10 s). Regression guard:
+    // The camera's top simulcast layer comes back after the recovery (measured 7–9 s to 90 %
+    // of its packet rate; the target is 10 s). Regression guard:
     assert!(
         back_s.is_some_and(|s| s <= 14),
         "camera top layer back after {back_s:?} s"
