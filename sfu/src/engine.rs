@@ -1007,6 +1007,7 @@ impl Engine {
         let lossy = p
             .red_policy
             .update(now, p.subscriber.counters.link.loss_to_client);
+        let congested = p.gate.congested();
         debug!(participant = %p.id, lossy, loss = ?p.subscriber.counters.link.loss_to_client, red_pts = ?p.outs.iter().map(|o| o.red_pt).collect::<Vec<_>>(), "red policy");
         let mut room = estimate
             .map(|e| (e as f64 * crate::allocator::USABLE_SHARE) as i64 - p.allocated_bps as i64);
@@ -1026,7 +1027,10 @@ impl Engine {
                 .and_then(|d| d.layers.first().copied())
                 .unwrap_or(0) as i64;
             let fits = room.is_none_or(|r| r >= rate);
-            let red = lossy && o.red_pt.is_some() && fits;
+            // Not while the link queues: loss from a full queue is congestion, and redundancy
+            // would add to it (a collapsing link's reports show 40-60 % loss while the lagging
+            // estimate still has room: RED doubled the audio into it).
+            let red = lossy && !congested && o.red_pt.is_some() && fits;
             if red {
                 if let Some(r) = room.as_mut() {
                     *r -= rate;
