@@ -33,8 +33,9 @@ pub const PROBE_BLAME: Duration = Duration::from_secs(5);
 pub const DEEP_QUEUE_MS: f32 = 150.0;
 /// …losing this share of what is sent, means the link collapsed under what flows.
 pub const OVERFLOW_LOSS: f32 = 0.10;
-/// At most one cut per receiver-report interval (each cut must show in the reports).
-pub const CUT_INTERVAL: Duration = Duration::from_secs(1);
+/// At most one cut per round trip, and per this at least (each cut must show in the reports
+/// before the next: our peers report 4 times a second, a collapsed link's RTT is ~0.5 s).
+pub const CUT_INTERVAL: Duration = Duration::from_millis(500);
 /// A cut aims this far under what the reports say got through.
 pub const CUT_MARGIN: f64 = 0.85;
 
@@ -117,9 +118,10 @@ impl CongestionGate {
             let deep = rtt > min + DEEP_QUEUE_MS;
             let overflowing = loss.is_some_and(|l| l >= OVERFLOW_LOSS);
             if congested && deep && overflowing {
-                let due = self
-                    .cut
-                    .is_none_or(|(_, at)| now.saturating_duration_since(at) >= CUT_INTERVAL);
+                let due = self.cut.is_none_or(|(_, at)| {
+                    let round_trip = Duration::from_secs_f32(rtt.max(0.0) / 1000.0);
+                    now.saturating_duration_since(at) >= CUT_INTERVAL.max(round_trip)
+                });
                 if due {
                     let delivered = allocated_bps as f64 * f64::from(1.0 - loss.unwrap_or(0.0));
                     let cap = (delivered * CUT_MARGIN / crate::allocator::USABLE_SHARE) as u64;
@@ -262,7 +264,7 @@ mod tests {
     }
 
     #[test]
-    fn a_collapsing_link_is_cut_to_what_got_through_once_per_report_interval() {
+    fn a_collapsing_link_is_cut_to_what_got_through_once_per_round_trip() {
         let t = Instant::now();
         let ms = |n: u64| t + Duration::from_millis(n);
         let mut g = CongestionGate::default();
@@ -310,9 +312,9 @@ mod tests {
             e,
             expected.min((470_000f64 * 1.05 / crate::allocator::USABLE_SHARE) as u64)
         );
-        // …a report interval later, still overflowing, they do.
+        // …a round trip later (0.5 s at least), still overflowing, they do.
         let e = g.effective_estimate(
-            ms(2_250),
+            ms(1_750),
             1_700_000,
             Some(450.0),
             Some(0.4),
