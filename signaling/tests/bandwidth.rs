@@ -443,13 +443,13 @@ async fn consultation_at_100_kbps_keeps_the_stethoscope() {
     for r in [&steth_report, &speech_report] {
         let share = r["in_time_share"].as_f64().unwrap();
         // 2 % of the packets are lost at random on this link and the audio is not repaired
-        // (RED does not fit beside it): measured 96.8–98.5 % and gaps of 81–161 ms (targets:
+        // (RED does not fit beside it): measured 96.3–98.6 % and gaps of 46–95 ms (targets:
         // 99 %, 200 ms). Regression guards:
         assert!(share >= 0.95, "{r}");
-        assert!(r["max_gap_ms"].as_u64().unwrap() <= 300, "{r}");
+        assert!(r["max_gap_ms"].as_u64().unwrap() <= 250, "{r}");
     }
     // Once settled, the thin downlink carries the audio and little else: no stale video
-    // retransmissions, no queue overflow (measured 81 kbit/s offered for 77 kbit/s of audio).
+    // retransmissions, no queue overflow (measured 79–83 kbit/s offered for 77 kbit/s of audio).
     let offered = downlink["offered_kbps"].as_f64().unwrap();
     assert!(offered <= 120.0, "{downlink}");
     let (audio_only_gauge, allocated_gauge, estimate_gauge) = degraded_metrics.unwrap();
@@ -464,9 +464,9 @@ async fn consultation_at_100_kbps_keeps_the_stethoscope() {
         "the physician was told video is paused: {notices:?}"
     );
     assert!(
-        // The estimate the allocator acts on: measured 2.3–2.5 s (target 2 s); str0m's own
-        // took 4.0–4.3 s.
-        settle_ms.is_some_and(|ms| ms <= 5_000),
+        // The estimate the allocator acts on: measured 1.5–2.0 s (target 2 s); str0m's own
+        // took 1.8–5.8 s.
+        settle_ms.is_some_and(|ms| ms <= 4_000),
         "estimate settled after {settle_ms:?} ms"
     );
     // The physician's report lists the period in audio-only mode and the low estimate.
@@ -495,7 +495,7 @@ async fn consultation_at_100_kbps_keeps_the_stethoscope() {
         );
     }
 
-    // The camera's top simulcast layer comes back after the recovery (measured 7–9 s to 90 %
+    // The camera's top simulcast layer comes back after the recovery (measured 4–10 s to 90 %
     // of its packet rate; the target is 10 s). Regression guard:
     assert!(
         back_s.is_some_and(|s| s <= 14),
