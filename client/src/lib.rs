@@ -9,6 +9,7 @@ pub mod audio;
 pub mod fidelity;
 pub mod heart;
 pub mod impair;
+pub mod nack_limit;
 mod peer;
 pub mod red;
 pub mod relay;

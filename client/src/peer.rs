@@ -140,6 +140,8 @@ pub async fn new_peer_connection(
         // First, so it sits next to the network: see `rtx.rs`.
         registry.add(Box::new(crate::rtx::RtxRepairBuilder));
     }
+    // Next to the network too, below the NACK generator: see `nack_limit.rs`.
+    registry.add(Box::new(crate::nack_limit::NackLimitBuilder));
     // webrtc-rs's defaults, but receiver reports four times a second (default: one): the
     // SFU reads the round-trip time from them, its signal of a queue building on the link.
     let mut registry = configure_nack(registry, &mut m);

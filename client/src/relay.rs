@@ -79,6 +79,9 @@ pub struct TrafficMix {
     pub padded_packets: u64,
     pub padded_bytes: u64,
     pub rtcp_bytes: u64,
+    /// RTCP bytes by the packet type of each datagram's first packet (200 SR, 201 RR, 205
+    /// transport feedback: NACK, TWCC; 206 payload-specific: PLI, REMB), from 200.
+    pub rtcp_bytes_by_first_pt: [u64; 8],
     /// STUN, DTLS and anything else.
     pub other_bytes: u64,
 }
@@ -91,6 +94,7 @@ impl Default for TrafficMix {
             padded_packets: 0,
             padded_bytes: 0,
             rtcp_bytes: 0,
+            rtcp_bytes_by_first_pt: [0; 8],
             other_bytes: 0,
         }
     }
@@ -109,6 +113,12 @@ impl TrafficMix {
             }
         } else if buf.len() >= 2 && (128..192).contains(&buf[0]) {
             self.rtcp_bytes += len;
+            if let Some(slot) = usize::from(buf[1])
+                .checked_sub(200)
+                .and_then(|i| self.rtcp_bytes_by_first_pt.get_mut(i))
+            {
+                *slot += len;
+            }
         } else {
             self.other_bytes += len;
         }
@@ -124,6 +134,9 @@ impl TrafficMix {
         d.padded_packets -= earlier.padded_packets;
         d.padded_bytes -= earlier.padded_bytes;
         d.rtcp_bytes -= earlier.rtcp_bytes;
+        for i in 0..8 {
+            d.rtcp_bytes_by_first_pt[i] -= earlier.rtcp_bytes_by_first_pt[i];
+        }
         d.other_bytes -= earlier.other_bytes;
         d
     }

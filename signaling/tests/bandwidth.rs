@@ -164,7 +164,7 @@ async fn consultation_at_100_kbps_keeps_the_stethoscope() {
             RECOVERED_AT - Duration::from_secs(1),
         ];
         if link_marks.len() < 2 && t0.elapsed() >= marks[link_marks.len()] {
-            link_marks.push((t0.elapsed(), relay.link_stats().1, relay.traffic_mix().1));
+            link_marks.push((t0.elapsed(), relay.link_stats().1, relay.traffic_mix()));
         }
         if degraded_metrics.is_none() && t0.elapsed() >= RECOVERED_AT - Duration::from_secs(2) {
             // What the operators' dashboard shows of the physician's link at 100 kbps.
@@ -366,7 +366,10 @@ async fn consultation_at_100_kbps_keeps_the_stethoscope() {
     let (ta, a, mix_a) = &link_marks[0];
     let (tb, b, mix_b) = &link_marks[1];
     let secs = (*tb - *ta).as_secs_f64();
-    let mix = mix_b.since(mix_a);
+    let mix = mix_b.1.since(&mix_a.1);
+    // The physician's uplink in the same window: it sends no media here, only RTCP (receiver
+    // reports, transport feedback, NACKs).
+    let up = mix_b.0.since(&mix_a.0);
     let kbps_of = |bytes: u64| (bytes as f64 * 8.0 / secs / 10.0).round() / 100.0;
     let downlink = json!({
         "by_payload_type": mix.by_pt().iter().map(|(pt, n, bytes)| json!({
@@ -389,6 +392,14 @@ async fn consultation_at_100_kbps_keeps_the_stethoscope() {
     let report = json!({
         "audio_only_after_ms": audio_only_ms,
         "degraded_downlink": downlink,
+        "degraded_uplink": {
+            "rtcp_kbps": kbps_of(up.rtcp_bytes),
+            "rtcp_kbps_by_first_pt": (0..8u8)
+                .filter(|i| up.rtcp_bytes_by_first_pt[usize::from(*i)] > 0)
+                .map(|i| ((200 + u16::from(i)).to_string(), json!(kbps_of(up.rtcp_bytes_by_first_pt[usize::from(i)]))))
+                .collect::<serde_json::Map<_, _>>(),
+            "other_kbps": kbps_of(up.other_bytes),
+        },
         "scenario": "2 Mbps → 100 kbps, 100 ms, 2 % loss → 2 Mbps (physician's link, both ways)",
         "stethoscope": steth_report,
         "speech": speech_report,
@@ -452,6 +463,11 @@ async fn consultation_at_100_kbps_keeps_the_stethoscope() {
     // retransmissions, no queue overflow (measured 79–83 kbit/s offered for 77 kbit/s of audio).
     let offered = downlink["offered_kbps"].as_f64().unwrap();
     assert!(offered <= 120.0, "{downlink}");
+    // Nor does the physician's uplink fill with NACKs for the paused video: 23 kbit/s of RTCP
+    // before `nack_limit` (webrtc-rs asks forever), measured 14.2 kbit/s with it (receiver
+    // reports 4 times a second for 4 tracks, and transport feedback).
+    let up_rtcp = report["degraded_uplink"]["rtcp_kbps"].as_f64().unwrap();
+    assert!(up_rtcp <= 18.0, "{}", report["degraded_uplink"]);
     let (audio_only_gauge, allocated_gauge, estimate_gauge) = degraded_metrics.unwrap();
     eprintln!("metrics at 100 kbps: audio_only {audio_only_gauge:?}, allocated {allocated_gauge:?}, estimate {estimate_gauge:?}");
     assert_eq!(audio_only_gauge, Some(1.0));
