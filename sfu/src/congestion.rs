@@ -27,8 +27,12 @@ pub const SUSTAINED: Duration = Duration::from_millis(500);
 /// estimate's consent.
 pub const HEALTHY_HOLD: Duration = Duration::from_secs(3);
 pub const MAX_HOLD: Duration = Duration::from_secs(24);
-/// Queueing this soon after a probe step is blamed on the step.
+/// Queueing this soon after a probe step is blamed on the step…
 pub const PROBE_BLAME: Duration = Duration::from_secs(5);
+/// …if it lasts this long or loses this much: a short lossless queue right after a step (a
+/// burst of keyframes, str0m's pacer draining) says nothing about the step.
+pub const BLAME_MIN_QUEUE: Duration = Duration::from_millis(1_500);
+pub const BLAME_MIN_LOSS: f32 = 0.05;
 /// A queue this deep (RTT above its minimum) that also overflows…
 pub const DEEP_QUEUE_MS: f32 = 150.0;
 /// …losing this share of what is sent, means the link collapsed under what flows.
@@ -51,6 +55,9 @@ pub struct CongestionGate {
     queued_since: Option<Instant>,
     /// A collapse cut: (what is let flow, when), until the queue drains.
     cut: Option<(u64, Instant)>,
+    /// The queue being lived through began this soon after a probe step: (when it began, the
+    /// worst loss reported during it), to decide at its end whether the step is to blame.
+    probe_queue: Option<(Instant, f32)>,
 }
 
 impl Default for CongestionGate {
@@ -63,6 +70,7 @@ impl Default for CongestionGate {
             probed_at: None,
             queued_since: None,
             cut: None,
+            probe_queue: None,
         }
     }
 }
@@ -104,15 +112,30 @@ impl CongestionGate {
                 .queued_since
                 .is_some_and(|t| now.saturating_duration_since(t) >= SUSTAINED);
             if congested && !self.congested {
-                // A queue soon after our own probe: back off; otherwise the link changed.
+                // A queue soon after our own probe: judged when it ends; otherwise the link
+                // changed.
                 let ours = self
                     .probed_at
                     .is_some_and(|t| now.saturating_duration_since(t) < PROBE_BLAME);
-                self.hold = if ours {
-                    (self.hold * 2).min(MAX_HOLD)
+                if ours {
+                    let began = self.queued_since.unwrap_or(now);
+                    self.probe_queue = Some((began, loss.unwrap_or(0.0)));
                 } else {
-                    HEALTHY_HOLD
-                };
+                    self.probe_queue = None;
+                    self.hold = HEALTHY_HOLD;
+                }
+            }
+            if let Some((_, worst)) = self.probe_queue.as_mut() {
+                *worst = worst.max(loss.unwrap_or(0.0));
+            }
+            if !congested && self.congested {
+                if let Some((began, worst)) = self.probe_queue.take() {
+                    // The step built a lasting or lossy queue: back off.
+                    let lasted = now.saturating_duration_since(began) >= BLAME_MIN_QUEUE;
+                    if lasted || worst >= BLAME_MIN_LOSS {
+                        self.hold = (self.hold * 2).min(MAX_HOLD);
+                    }
+                }
             }
             self.congested = congested;
             let deep = rtt > min + DEEP_QUEUE_MS;
@@ -342,6 +365,55 @@ mod tests {
             assert!(e >= 800_000, "{e}");
         }
         assert_eq!(g.cut_bps(), None);
+    }
+
+    #[test]
+    fn a_short_lossless_queue_after_a_step_does_not_lengthen_the_hold() {
+        let t = Instant::now();
+        let ms = |n: u64| t + Duration::from_millis(n);
+        let mut g = CongestionGate::default();
+        g.effective_estimate(t, 300_000, Some(50.0), Some(0.0), 72_000, 1_200_000);
+        // The hold passes: a step up is let through.
+        let e = g.effective_estimate(
+            t + HEALTHY_HOLD,
+            300_000,
+            Some(50.0),
+            Some(0.0),
+            72_000,
+            1_200_000,
+        );
+        assert!(e >= 1_200_000);
+        // A keyframe burst: the RTT is up for 0.75 s, nothing lost.
+        let b = HEALTHY_HOLD.as_millis() as u64 + 1_000;
+        g.effective_estimate(ms(b), 900_000, Some(120.0), Some(0.0), 1_100_000, 1_200_000);
+        g.effective_estimate(
+            ms(b + 500),
+            900_000,
+            Some(120.0),
+            Some(0.0),
+            1_100_000,
+            1_200_000,
+        );
+        assert!(g.congested());
+        g.effective_estimate(
+            ms(b + 750),
+            900_000,
+            Some(50.0),
+            Some(0.0),
+            1_100_000,
+            1_200_000,
+        );
+        assert!(!g.congested());
+        // The next step is tried after the usual hold, not twice that.
+        let e = g.effective_estimate(
+            ms(b + 750) + HEALTHY_HOLD,
+            900_000,
+            Some(50.0),
+            Some(0.0),
+            1_100_000,
+            1_300_000,
+        );
+        assert!(e >= 1_300_000, "{e}");
     }
 
     #[test]
