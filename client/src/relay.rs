@@ -155,8 +155,8 @@ impl TrafficMix {
 
 /// One direction of an impaired link: the [`LinkModel`] decides, a task delivers on time.
 pub struct Shaper {
-    model: std::sync::Mutex<LinkModel>,
-    mix: std::sync::Mutex<TrafficMix>,
+    /// The link's model and what it was offered, under one lock per datagram.
+    link: std::sync::Mutex<(LinkModel, TrafficMix)>,
     deliveries: tokio::sync::mpsc::UnboundedSender<Delivery>,
 }
 
@@ -214,12 +214,10 @@ impl Shaper {
             }
         });
         Arc::new(Shaper {
-            model: std::sync::Mutex::new(LinkModel::scheduled(
-                std::time::Instant::now(),
-                schedule,
-                seed,
+            link: std::sync::Mutex::new((
+                LinkModel::scheduled(std::time::Instant::now(), schedule, seed),
+                TrafficMix::default(),
             )),
-            mix: std::sync::Mutex::default(),
             deliveries: tx,
         })
     }
@@ -227,11 +225,12 @@ impl Shaper {
     /// Pass a datagram through the link: dropped, or sent from `socket` to `to` when due.
     pub fn send(&self, bytes: &[u8], socket: &Arc<UdpSocket>, to: SocketAddr) {
         let now = std::time::Instant::now();
-        if let Ok(mut mix) = self.mix.lock() {
-            mix.count(bytes);
-        }
         let (verdict, order) = {
-            let Ok(mut m) = self.model.lock() else { return };
+            let Ok(mut link) = self.link.lock() else {
+                return;
+            };
+            let (m, mix) = &mut *link;
+            mix.count(bytes);
             let v = m.on_packet(now, bytes.len());
             (v, m.stats.packets)
         };
@@ -248,12 +247,12 @@ impl Shaper {
     }
 
     pub fn stats(&self) -> LinkStats {
-        self.model.lock().map(|m| m.stats).unwrap_or_default()
+        self.link.lock().map(|l| l.0.stats).unwrap_or_default()
     }
 
     /// What the link was offered so far, by kind of datagram.
     pub fn mix(&self) -> TrafficMix {
-        self.mix.lock().map(|m| *m).unwrap_or_default()
+        self.link.lock().map(|l| l.1).unwrap_or_default()
     }
 }
 

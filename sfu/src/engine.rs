@@ -53,10 +53,6 @@ pub const AUDIO_HINT_INTERVAL: Duration = Duration::from_secs(2);
 
 /// How often every subscriber's allocation is redone (besides on each new estimate).
 const ALLOCATION_INTERVAL: Duration = Duration::from_millis(250);
-/// str0m's defaults for a stream's resend cache, restored when it is emptied.
-const RESEND_CACHE_PACKETS: usize = 1024;
-const RESEND_CACHE_AGE: Duration = Duration::from_secs(3);
-const RESEND_RATIO_CAP: f32 = 0.15;
 
 /// Under this estimate a subscriber's link is reported low (`low_link`); it is reported fine
 /// again above [`LINK_OK_BPS`].
@@ -914,13 +910,7 @@ impl Engine {
                 if !o.resend_cache.due(now, o.fwd.last_forwarded()) {
                     continue;
                 }
-                let mut api = p.subscriber.rtc.direct_api();
-                if let Some(stream) = api.stream_tx_by_mid(mid, None) {
-                    stream.set_rtx_cache(
-                        RESEND_CACHE_PACKETS,
-                        RESEND_CACHE_AGE,
-                        Some(RESEND_RATIO_CAP),
-                    );
+                if p.subscriber.empty_video_resend_cache(mid) {
                     debug!(participant = %p.id, track = %o.track_id(), "idle copy: resend cache emptied");
                 }
             }

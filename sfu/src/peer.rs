@@ -9,6 +9,10 @@ use str0m::{Candidate, Rtc};
 /// Packets kept per outgoing video stream to answer NACKs (~3 s of 720p at 30 fps).
 const SEND_BUFFER_VIDEO: usize = 1000;
 const SEND_BUFFER_AUDIO: usize = 100;
+/// How long str0m keeps a sent packet for resending, and the retransmitted share over which it
+/// stops resending: its defaults (crate-private in str0m), restored when a cache is emptied.
+const RESEND_MAX_AGE: std::time::Duration = std::time::Duration::from_secs(3);
+const RESEND_RATIO_CAP: f32 = 0.15;
 
 /// Estimate a subscriber connection starts from, before TWCC feedback says more: enough for
 /// all the audio and a low video layer, not so much that a weak link is flooded at first.
@@ -61,6 +65,17 @@ impl Peer {
             last_rx: now,
             silent: false,
         })
+    }
+
+    /// Empty the resend cache of the outgoing video stream on `mid` (see `crate::resend`),
+    /// keeping its configuration. Returns whether there was such a stream.
+    pub fn empty_video_resend_cache(&mut self, mid: str0m::media::Mid) -> bool {
+        let mut api = self.rtc.direct_api();
+        let Some(stream) = api.stream_tx_by_mid(mid, None) else {
+            return false;
+        };
+        stream.set_rtx_cache(SEND_BUFFER_VIDEO, RESEND_MAX_AGE, Some(RESEND_RATIO_CAP));
+        true
     }
 }
 
