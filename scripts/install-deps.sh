@@ -4,14 +4,18 @@
 #   install-deps.sh test    also libopus and ffmpeg (cart), Chromium for the browser tests, iproute2/util-linux for their
 #                           loopback-only network namespace, Node.js + npm where missing
 #   install-deps.sh bench   the test packages, matplotlib for the benches' plots, curl
+#   install-deps.sh compare the bench packages and Janus (the SFU benches/compare measures us against)
 set -euo pipefail
 packages=(build-essential pkg-config ca-certificates)
-if [ "${1:-test}" = test ] || [ "${1:-}" = bench ]; then
+if [ "${1:-test}" = test ] || [ "${1:-}" = bench ] || [ "${1:-}" = compare ]; then
   packages+=(libopus-dev ffmpeg chromium iproute2 util-linux)
   command -v node >/dev/null || packages+=(nodejs)
   command -v npm >/dev/null || packages+=(npm)
 fi
-[ "${1:-}" = bench ] && packages+=(python3-matplotlib curl)
+case "${1:-}" in
+  bench) packages+=(python3-matplotlib curl) ;;
+  compare) packages+=(python3-matplotlib curl janus) ;;
+esac
 missing=()
 for p in "${packages[@]}"; do
   dpkg -s "$p" >/dev/null 2>&1 || missing+=("$p")

@@ -34,7 +34,10 @@ use webrtc::peer_connection::offer_answer_options::RTCOfferOptions;
 use webrtc::peer_connection::RTCPeerConnection;
 use webrtc::track::track_remote::TrackRemote;
 
-pub use peer::{LocalTrack, SimulcastLayer, SyntheticVideo, VideoSent, PT_RED, SIMULCAST_LAYERS};
+pub use peer::{
+    add_local_track, answer, new_peer_connection, LocalTrack, SimulcastLayer, SyntheticVideo,
+    VideoSent, PT_RED, SIMULCAST_LAYERS,
+};
 /// The webrtc-rs crate the client is built on (its RTP types appear in this API).
 pub use webrtc;
 

@@ -5,6 +5,7 @@
 //! The `consult-loadtest` binary wraps [`run`]; benches drive it with their own options.
 
 pub mod api;
+pub mod janus;
 pub mod options;
 pub mod participant;
 pub mod procstat;
@@ -51,7 +52,11 @@ pub async fn run(options: Options) -> anyhow::Result<Report> {
         let mut room_seats = Vec::new();
         for role in &roster {
             let identity = format!("{}-{index}", role.as_str());
-            let token = api.token(&name, &identity, *role, ttl).await?;
+            // Janus takes no token.
+            let token = match options.janus_ws {
+                Some(_) => String::new(),
+                None => api.token(&name, &identity, *role, ttl).await?,
+            };
             room_seats.push(Seat {
                 room,
                 role: *role,
@@ -394,6 +399,17 @@ fn build_report(
             )
         }),
     };
+    server.window_s = Some(window_secs);
+    if let (Some(cpu), true) = (server.cpu_pct, media.window_received > 0) {
+        let received = media.window_received as f64;
+        server.cpu_us_per_received_packet = Some(cpu / 100.0 * window_secs * 1e6 / received);
+        if server.counters.is_none() {
+            // A server without our counters (Janus): what the receivers got in the window is
+            // what it forwarded, but for the loss.
+            server.forwarded_pps = Some(received / window_secs);
+            server.cpu_us_per_forwarded_packet = server.cpu_us_per_received_packet;
+        }
+    }
     let loadtest_cpu_pct = probe.own.map(|(a, b)| {
         b.saturating_sub(a) as f64 / procstat::clock_ticks_per_sec() / window_secs * 100.0
     });

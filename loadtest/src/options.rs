@@ -103,6 +103,11 @@ pub struct Options {
     #[arg(long, default_value_t = 0.0)]
     pub impair_loss_pct: f64,
 
+    /// Run against Janus's VideoRoom plugin at this WebSocket URL (e.g. ws://127.0.0.1:8188)
+    /// instead of our server, for a comparison on the same machine (see `janus.rs`).
+    #[arg(long)]
+    pub janus_ws: Option<String>,
+
     /// Server process to sample CPU and memory from (default: the process named `consult-server`).
     #[arg(long)]
     pub server_pid: Option<u32>,

@@ -6,8 +6,9 @@ use crate::options::{MediaSpec, Options, RoleFilter, AUDIO_INTERVAL};
 use crate::receive::{TrackStats, Window};
 use consult_client::impair::{Loss, Profile};
 use consult_client::relay::LossyRelay;
+use consult_client::webrtc::track::track_remote::TrackRemote;
 use consult_client::{Client, ClientEvent, ClientOptions, RemoteTrack, SyntheticVideo};
-use consult_protocol::{ClientMsg, ParticipantId, Role, ServerMsg, TrackLabel};
+use consult_protocol::{ClientMsg, ParticipantId, Role, ServerMsg, TrackKind, TrackLabel};
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, OnceLock};
@@ -130,6 +131,9 @@ async fn drive(
     out: &mut Outcome,
 ) -> anyhow::Result<()> {
     let o = &ctx.options;
+    if let Some(url) = &o.janus_ws {
+        return crate::janus::drive(ctx, room, seat, url, ready, out).await;
+    }
     let relay = match o.impair {
         Some(f) if RoleFilter::matches(f, seat.role) => {
             let p = impaired_profile(o);
@@ -264,10 +268,21 @@ async fn drive(
 /// Read one remote track until the end of the run.
 fn receive(ctx: Arc<RunContext>, t: RemoteTrack, from: Role) -> JoinHandle<TrackStats> {
     ctx.progress.tracks_received.fetch_add(1, Ordering::Relaxed);
+    read_track(ctx, t.track, t.info.label, t.info.kind, from)
+}
+
+/// Read a track until the end of the run, measuring what arrives.
+pub(crate) fn read_track(
+    ctx: Arc<RunContext>,
+    track: Arc<TrackRemote>,
+    label: TrackLabel,
+    kind: TrackKind,
+    from: Role,
+) -> JoinHandle<TrackStats> {
     tokio::spawn(async move {
-        let mut stats = TrackStats::new(t.info.label, t.info.kind, from, ctx.window);
+        let mut stats = TrackStats::new(label, kind, from, ctx.window);
         let end = tokio::time::Instant::from_std(ctx.receive_end);
-        while let Ok(Ok((pkt, _))) = tokio::time::timeout_at(end, t.track.read_rtp()).await {
+        while let Ok(Ok((pkt, _))) = tokio::time::timeout_at(end, track.read_rtp()).await {
             stats.on_packet_now(&pkt.payload);
             ctx.progress
                 .packets_received

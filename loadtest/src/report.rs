@@ -128,6 +128,11 @@ pub struct Server {
     pub forwarded_pps: Option<f64>,
     /// Server CPU time / (packets forwarded) over the window, µs.
     pub cpu_us_per_forwarded_packet: Option<f64>,
+    /// Server CPU time / (packets the subscribers received) over the window, µs: the same
+    /// measure for a server without our counters (Janus), and for ours when nothing is lost.
+    pub cpu_us_per_received_packet: Option<f64>,
+    /// The measuring window, seconds.
+    pub window_s: Option<f64>,
     /// Time from a datagram's read to the send of each forwarded copy inside the SFU, from its
     /// histogram (bucket upper bounds), µs.
     pub forward_delay_us_p50: Option<f64>,
