@@ -7,7 +7,8 @@
 # tester run in a network namespace of our own (lo + a veth pair, 10.99.0.1, nothing leaves
 # the machine). Needs root (ip netns).
 # Writes benches/results/compare-<server>-<scenario>.json and benches/results/compare-summary.md.
-# Usage: benches/compare/run.sh [--quick] [scenario …]   (--quick: 8 s per run instead of 20)
+# Usage: benches/compare/run.sh [--quick] [scenario …]   (--quick: 8 s per run instead of 20;
+#        SERVERS=ours or SERVERS=janus: only that one)
 set -euo pipefail
 cd "$(dirname "$0")/../.."
 scripts/install-deps.sh compare
@@ -111,7 +112,7 @@ for s in "${scenarios[@]}"; do
     rooms-*) args=(--rooms "${s#rooms-}" --room-interval-ms 100) ;;
     *) echo "unknown scenario $s" >&2; exit 1 ;;
   esac
-  for server in ours janus; do
+  for server in ${SERVERS:-ours janus}; do
     "start_$server"
     run "$server" "$s" "${args[@]}"
     stop_server
