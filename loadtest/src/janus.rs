@@ -8,15 +8,13 @@
 //! SFU uses one subscriber connection per participant; for a fan-out from one publisher the
 //! two are the same). Janus has no waiting room: "admitted" is "joined".
 
-use crate::options::{MediaSpec, AUDIO_INTERVAL};
-use crate::participant::{read_track, Outcome, RoomShared, RunContext, Seat};
+use crate::participant::{read_track, start_senders, Outcome, RoomShared, RunContext, Seat};
 use anyhow::{anyhow, bail, Context};
 use consult_client::webrtc::ice_transport::ice_candidate::RTCIceCandidateInit;
 use consult_client::webrtc::peer_connection::sdp::session_description::RTCSessionDescription;
 use consult_client::webrtc::peer_connection::RTCPeerConnection;
 use consult_client::webrtc::rtp_transceiver::rtp_codec::RTPCodecType;
 use consult_client::webrtc::track::track_remote::TrackRemote;
-use consult_client::SyntheticVideo;
 use consult_protocol::{Role, TrackKind, TrackLabel};
 use futures_util::{SinkExt, StreamExt};
 use serde_json::{json, Value};
@@ -306,28 +304,7 @@ pub async fn drive(
             .ok_or_else(|| anyhow!("Janus answered the publication without SDP"))?;
         pc.set_remote_description(RTCSessionDescription::answer(answer)?)
             .await?;
-        let left = ctx.media_end.saturating_duration_since(Instant::now());
-        for t in tracks {
-            let tag = seat.index * 8 + t.label as u32;
-            let handle = match o.media(t.label) {
-                MediaSpec::Audio { payload_bytes } => {
-                    let count = (left.as_micros() / AUDIO_INTERVAL.as_micros()) as u32;
-                    let h = t.send_synthetic(tag, count, AUDIO_INTERVAL, payload_bytes);
-                    tokio::spawn(async move { u64::from(h.await.unwrap_or(0)) })
-                }
-                MediaSpec::Video { bitrate_bps, fps } => {
-                    let h = t.send_synthetic_video(SyntheticVideo {
-                        tag,
-                        bitrate_bps,
-                        fps,
-                        duration: left,
-                        keyframe_interval: Duration::from_secs_f64(o.keyframe_interval),
-                    });
-                    tokio::spawn(async move { h.await.map(|s| u64::from(s.packets)).unwrap_or(0) })
-                }
-            };
-            senders.push((t.label, handle));
-        }
+        senders = start_senders(ctx, seat, tracks);
         connections.push(pc);
         let _ = room.media_since.set(Instant::now());
     }
@@ -481,4 +458,57 @@ async fn subscribe(
 
 fn ms(d: Duration) -> f64 {
     d.as_secs_f64() * 1000.0
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn replies_go_to_their_request_and_notices_to_their_handle() {
+        let pending: Pending = Arc::default();
+        let events: HandleEvents = Arc::default();
+        let (reply_tx, mut reply_rx) = oneshot::channel();
+        lock(&pending).insert("t1".into(), reply_tx);
+        let (handle_tx, mut handle_rx) = mpsc::unbounded_channel();
+        lock(&events).insert(42, handle_tx);
+
+        // An acknowledgement is not the reply: the request keeps waiting.
+        dispatch(
+            &pending,
+            &events,
+            json!({"janus": "ack", "transaction": "t1"}),
+        );
+        assert!(reply_rx.try_recv().is_err());
+        // A publisher announced to handle 42, with no transaction of ours.
+        let notice = json!({"janus": "event", "sender": 42,
+            "plugindata": {"data": {"videoroom": "event", "publishers": [{"id": 7, "display": "companion-3"}]}}});
+        dispatch(&pending, &events, notice.clone());
+        // The reply to t1 (an event that carries its transaction), then a stray one.
+        let reply = json!({"janus": "event", "sender": 42, "transaction": "t1",
+            "plugindata": {"data": {"videoroom": "joined"}}});
+        dispatch(&pending, &events, reply.clone());
+        dispatch(&pending, &events, json!({"janus": "event", "sender": 9}));
+
+        assert_eq!(reply_rx.try_recv().ok(), Some(reply));
+        assert!(lock(&pending).is_empty());
+        assert_eq!(handle_rx.try_recv().ok(), Some(notice.clone()));
+        assert!(handle_rx.try_recv().is_err());
+        let announced = feeds(&notice["plugindata"]["data"]["publishers"]);
+        assert_eq!(announced.len(), 1);
+        assert_eq!(
+            (announced[0].id, role_of(&announced[0].display)),
+            (7, Role::Companion)
+        );
+    }
+
+    #[test]
+    fn malformed_publisher_lists_yield_what_is_usable() {
+        assert!(feeds(&Value::Null).is_empty());
+        let list = json!([{"id": "x"}, {"display": "patient-1"}, {"id": 5}]);
+        let f = feeds(&list);
+        assert_eq!(f.len(), 1);
+        assert_eq!((f[0].id, role_of(&f[0].display)), (5, Role::Patient));
+        assert_eq!(role_of("physician-0"), Role::Physician);
+    }
 }

@@ -7,7 +7,7 @@ use crate::receive::{TrackStats, Window};
 use consult_client::impair::{Loss, Profile};
 use consult_client::relay::LossyRelay;
 use consult_client::webrtc::track::track_remote::TrackRemote;
-use consult_client::{Client, ClientEvent, ClientOptions, RemoteTrack, SyntheticVideo};
+use consult_client::{Client, ClientEvent, ClientOptions, LocalTrack, RemoteTrack, SyntheticVideo};
 use consult_protocol::{ClientMsg, ParticipantId, Role, ServerMsg, TrackKind, TrackLabel};
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -179,28 +179,7 @@ async fn drive(
     let mut senders: Vec<(TrackLabel, JoinHandle<u64>)> = Vec::new();
     if !labels.is_empty() {
         let tracks = client.publish_layers(&labels, &o.simulcast.0).await?;
-        let left = ctx.media_end.saturating_duration_since(Instant::now());
-        for t in tracks {
-            let tag = seat.index * 8 + t.label as u32;
-            let handle = match o.media(t.label) {
-                MediaSpec::Audio { payload_bytes } => {
-                    let count = (left.as_micros() / AUDIO_INTERVAL.as_micros()) as u32;
-                    let h = t.send_synthetic(tag, count, AUDIO_INTERVAL, payload_bytes);
-                    tokio::spawn(async move { u64::from(h.await.unwrap_or(0)) })
-                }
-                MediaSpec::Video { bitrate_bps, fps } => {
-                    let h = t.send_synthetic_video(SyntheticVideo {
-                        tag,
-                        bitrate_bps,
-                        fps,
-                        duration: left,
-                        keyframe_interval: Duration::from_secs_f64(o.keyframe_interval),
-                    });
-                    tokio::spawn(async move { h.await.map(|s| u64::from(s.packets)).unwrap_or(0) })
-                }
-            };
-            senders.push((t.label, handle));
-        }
+        senders = start_senders(ctx, seat, tracks);
         let _ = room.media_since.set(Instant::now());
     }
     let _ = ready.send(());
@@ -263,6 +242,41 @@ async fn drive(
     client.leave().await;
     drop(relay);
     Ok(())
+}
+
+/// Send synthetic media on each published track until the end of the run; each handle gives
+/// the packets written.
+pub(crate) fn start_senders(
+    ctx: &RunContext,
+    seat: &Seat,
+    tracks: Vec<LocalTrack>,
+) -> Vec<(TrackLabel, JoinHandle<u64>)> {
+    let o = &ctx.options;
+    let left = ctx.media_end.saturating_duration_since(Instant::now());
+    tracks
+        .into_iter()
+        .map(|t| {
+            let tag = seat.index * 8 + t.label as u32;
+            let handle = match o.media(t.label) {
+                MediaSpec::Audio { payload_bytes } => {
+                    let count = (left.as_micros() / AUDIO_INTERVAL.as_micros()) as u32;
+                    let h = t.send_synthetic(tag, count, AUDIO_INTERVAL, payload_bytes);
+                    tokio::spawn(async move { u64::from(h.await.unwrap_or(0)) })
+                }
+                MediaSpec::Video { bitrate_bps, fps } => {
+                    let h = t.send_synthetic_video(SyntheticVideo {
+                        tag,
+                        bitrate_bps,
+                        fps,
+                        duration: left,
+                        keyframe_interval: Duration::from_secs_f64(o.keyframe_interval),
+                    });
+                    tokio::spawn(async move { h.await.map(|s| u64::from(s.packets)).unwrap_or(0) })
+                }
+            };
+            (t.label, handle)
+        })
+        .collect()
 }
 
 /// Read one remote track until the end of the run.
