@@ -13,6 +13,7 @@ pub mod nack_limit;
 mod peer;
 pub mod red;
 pub mod relay;
+pub mod rr_merge;
 mod rtx;
 mod signal;
 pub mod stills;

@@ -142,6 +142,8 @@ pub async fn new_peer_connection(
     }
     // Next to the network too, below the NACK generator: see `nack_limit.rs`.
     registry.add(Box::new(crate::nack_limit::NackLimitBuilder));
+    // Below the receiver-report interceptor: one report packet per tick, see `rr_merge.rs`.
+    registry.add(Box::new(crate::rr_merge::RrMergeBuilder));
     // webrtc-rs's defaults, but receiver reports four times a second (default: one): the
     // SFU reads the round-trip time from them, its signal of a queue building on the link.
     let mut registry = configure_nack(registry, &mut m);
