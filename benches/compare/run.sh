@@ -3,6 +3,7 @@
 # same machine, with the same load tester, media and scenarios:
 #   fanout-N   one cart (stethoscope 64 kbit/s + camera 600 kbit/s, 30 fps) → N subscribers
 #   rooms-N    N consultations of 3 (physician, cart, patient), 16 forwarded streams each
+#   link-100k  a physician behind 100 kbit/s (100 ms, 2 % loss) and a cart (run it by name)
 # Janus gathers ICE candidates on non-loopback interfaces only, so both servers and the load
 # tester run in a network namespace of our own (lo + a veth pair, 10.99.0.1, nothing leaves
 # the machine). Needs root (ip netns).
@@ -78,7 +79,7 @@ start_ours() {
   rm -rf "$work/data"
   # Not through in_ns: $! must be the server itself (ip netns exec execs it).
   ip netns exec "$ns" "$bin/consult-server" --insecure-http --http-bind 127.0.0.1:18080 --udp-bind 127.0.0.1:18081 \
-    --data-dir "$work/data" >"$work/server.log" 2>&1 &
+    --data-dir "$work/data" "$@" >"$work/server.log" 2>&1 &
   server_pid=$!
   wait_for in_ns curl -sf http://127.0.0.1:18080/readyz -o /dev/null
 }
@@ -110,10 +111,20 @@ for s in "${scenarios[@]}"; do
       args=(--rooms 1 --companions 1 --patients $((n - 1)) --companion-tracks stethoscope,camera
         --physician-tracks none --patient-tracks none) ;;
     rooms-*) args=(--rooms "${s#rooms-}" --room-interval-ms 100) ;;
+    link-100k)
+      # As in benches/scale: the physician behind 100 kbit/s, 100 ms, 2 % loss both ways; ours
+      # with its downlink estimation and allocator on.
+      args=(--rooms 1 --patients 0 --physician-tracks microphone --stethoscope-kbps 32
+        --microphone-kbps 16 --impair physician --impair-rate-kbps 100 --impair-delay-ms 100
+        --impair-loss-pct 2 --impair-queue-ms 300) ;;
     *) echo "unknown scenario $s" >&2; exit 1 ;;
   esac
   for server in ${SERVERS:-ours janus}; do
-    "start_$server"
+    if [ "$s" = link-100k ] && [ "$server" = ours ]; then
+      start_ours --downlink-estimation
+    else
+      "start_$server"
+    fi
     run "$server" "$s" "${args[@]}"
     stop_server
   done

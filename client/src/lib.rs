@@ -36,8 +36,8 @@ use webrtc::peer_connection::RTCPeerConnection;
 use webrtc::track::track_remote::TrackRemote;
 
 pub use peer::{
-    add_local_track, answer, new_peer_connection, LocalTrack, SimulcastLayer, SyntheticVideo,
-    VideoSent, PT_RED, SIMULCAST_LAYERS,
+    add_local_track, answer, new_peer_connection, rewrite_candidates, LocalTrack, SimulcastLayer,
+    SyntheticVideo, VideoSent, PT_RED, SIMULCAST_LAYERS,
 };
 /// The webrtc-rs crate the client is built on (its RTP types appear in this API).
 pub use webrtc;

@@ -326,7 +326,15 @@ impl LossyRelay {
                 let back = match backs.get(&(client, path)) {
                     Some(b) => b.clone(),
                     None => {
-                        let Ok(b) = UdpSocket::bind("127.0.0.1:0").await else {
+                        // Toward a server on loopback, from loopback; toward another local
+                        // address, from any (Linux drops packets between 127/8 and other
+                        // sources, and Janus's candidates are never on loopback).
+                        let bind = if upstream.ip().is_loopback() {
+                            "127.0.0.1:0"
+                        } else {
+                            "0.0.0.0:0"
+                        };
+                        let Ok(b) = UdpSocket::bind(bind).await else {
                             return;
                         };
                         let b = Arc::new(b);

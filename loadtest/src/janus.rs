@@ -8,8 +8,12 @@
 //! SFU uses one subscriber connection per participant; for a fan-out from one publisher the
 //! two are the same). Janus has no waiting room: "admitted" is "joined".
 
-use crate::participant::{read_track, start_senders, Outcome, RoomShared, RunContext, Seat};
+use crate::participant::{
+    impaired_profile, read_track, start_senders, Outcome, RoomShared, RunContext, Seat,
+};
 use anyhow::{anyhow, bail, Context};
+use consult_client::impair::Profile;
+use consult_client::relay::LossyRelay;
 use consult_client::webrtc::ice_transport::ice_candidate::RTCIceCandidateInit;
 use consult_client::webrtc::peer_connection::sdp::session_description::RTCSessionDescription;
 use consult_client::webrtc::peer_connection::RTCPeerConnection;
@@ -245,6 +249,12 @@ pub async fn drive(
     out: &mut Outcome,
 ) -> anyhow::Result<()> {
     let o = &ctx.options;
+    let impaired = o
+        .impair
+        .filter(|f| f.matches(seat.role))
+        .map(|_| impaired_profile(o));
+    // Impaired links relay each of this participant's connections (kept to the end).
+    let mut relays: Vec<LossyRelay> = Vec::new();
     let started = Instant::now();
     let session = Session::connect(url).await?;
     let mut own = session.attach().await?;
@@ -287,11 +297,14 @@ pub async fn drive(
         let mut gathered = pc.gathering_complete_promise().await;
         pc.set_local_description(offer).await?;
         let _ = gathered.recv().await;
-        let sdp = pc
+        let mut sdp = pc
             .local_description()
             .await
             .ok_or_else(|| anyhow!("no local description"))?
             .sdp;
+        if impaired.is_some() {
+            sdp = strip_candidates(&sdp);
+        }
         let (_, jsep) = session
             .message(
                 own.id,
@@ -299,9 +312,14 @@ pub async fn drive(
                 Some(json!({"type": "offer", "sdp": sdp})),
             )
             .await?;
-        let answer = jsep
+        let mut answer = jsep
             .and_then(|j| j["sdp"].as_str().map(str::to_owned))
             .ok_or_else(|| anyhow!("Janus answered the publication without SDP"))?;
+        if let Some(profile) = impaired {
+            let relay = impair(&answer, profile, seat.index).await?;
+            answer = consult_client::rewrite_candidates(&answer, Some(relay.addr()));
+            relays.push(relay);
+        }
         pc.set_remote_description(RTCSessionDescription::answer(answer)?)
             .await?;
         senders = start_senders(ctx, seat, tracks);
@@ -321,9 +339,18 @@ pub async fn drive(
             if !subscribed.insert(feed.id) {
                 continue;
             }
-            let pc = subscribe(&session, room_id, &feed, ctx, track_tx.clone())
-                .await
-                .with_context(|| format!("subscribing to {}", feed.display))?;
+            let (pc, relay) = subscribe(
+                &session,
+                room_id,
+                &feed,
+                ctx,
+                impaired,
+                seat.index,
+                track_tx.clone(),
+            )
+            .await
+            .with_context(|| format!("subscribing to {}", feed.display))?;
+            relays.extend(relay);
             connections.push(pc);
         }
         tokio::select! {
@@ -359,6 +386,7 @@ pub async fn drive(
     for pc in connections {
         let _ = pc.close().await;
     }
+    drop(relays);
     Ok(())
 }
 
@@ -370,8 +398,10 @@ async fn subscribe(
     room_id: u64,
     feed: &Feed,
     ctx: &Arc<RunContext>,
+    impaired: Option<Profile>,
+    seed: u32,
     tracks: TrackSender,
-) -> anyhow::Result<Arc<RTCPeerConnection>> {
+) -> anyhow::Result<(Arc<RTCPeerConnection>, Option<LossyRelay>)> {
     let handle = session.attach().await?;
     let (attached, jsep) = session
         .message(
@@ -381,9 +411,17 @@ async fn subscribe(
             None,
         )
         .await?;
-    let offer = jsep
+    let mut offer = jsep
         .and_then(|j| j["sdp"].as_str().map(str::to_owned))
         .ok_or_else(|| anyhow!("Janus sent no subscriber offer"))?;
+    let relay = match impaired {
+        Some(profile) => {
+            let relay = impair(&offer, profile, seed).await?;
+            offer = consult_client::rewrite_candidates(&offer, Some(relay.addr()));
+            Some(relay)
+        }
+        None => None,
+    };
     // Our mid → what the publisher sent on its mid (its labels in order, by its role).
     let from = role_of(&feed.display);
     let published = ctx.options.tracks_of(from).to_vec();
@@ -429,6 +467,9 @@ async fn subscribe(
             let Some(candidate) = c["candidate"].as_str() else {
                 continue; // {"completed": true}
             };
+            if impaired.is_some() {
+                continue; // Janus is reached through the relay only.
+            }
             let init = RTCIceCandidateInit {
                 candidate: candidate.to_owned(),
                 sdp_mid: c["sdpMid"].as_str().map(str::to_owned),
@@ -445,7 +486,10 @@ async fn subscribe(
         tracing::debug!(feed = %feed_name, "subscriber ICE {st}");
         Box::pin(async {})
     }));
-    let answer = consult_client::answer(&pc, offer).await?;
+    let mut answer = consult_client::answer(&pc, offer).await?;
+    if relay.is_some() {
+        answer = strip_candidates(&answer);
+    }
     session
         .message(
             id,
@@ -453,7 +497,46 @@ async fn subscribe(
             Some(json!({"type": "answer", "sdp": answer})),
         )
         .await?;
-    Ok(pc)
+    Ok((pc, relay))
+}
+
+/// Janus's address in an SDP of its own (its first IPv4 UDP candidate).
+fn janus_addr(sdp: &str) -> Option<std::net::SocketAddr> {
+    sdp.lines()
+        .filter_map(|l| l.strip_prefix("a=candidate:"))
+        .find_map(|c| {
+            let f: Vec<&str> = c.split_whitespace().collect();
+            match f.as_slice() {
+                [_, _, proto, _, ip, port, ..] if proto.eq_ignore_ascii_case("udp") => {
+                    format!("{ip}:{port}")
+                        .parse()
+                        .ok()
+                        .filter(|a: &std::net::SocketAddr| a.is_ipv4())
+                }
+                _ => None,
+            }
+        })
+}
+
+/// An impaired link in front of the Janus connection this SDP describes.
+async fn impair(sdp: &str, profile: Profile, seed: u32) -> anyhow::Result<LossyRelay> {
+    let to = janus_addr(sdp).ok_or_else(|| anyhow!("no Janus candidate to relay to"))?;
+    Ok(LossyRelay::start_impaired(
+        to,
+        vec![(Duration::ZERO, profile)],
+        vec![(Duration::ZERO, profile)],
+        u64::from(seed),
+    )
+    .await?)
+}
+
+/// Our SDP without candidates: Janus (full ICE) would otherwise check our host candidates
+/// directly and could pick that path around the impaired link; without them it learns our
+/// address from our checks, which come through the relay.
+fn strip_candidates(sdp: &str) -> String {
+    sdp.split_inclusive('\n')
+        .filter(|l| !l.starts_with("a=candidate:"))
+        .collect()
 }
 
 fn ms(d: Duration) -> f64 {

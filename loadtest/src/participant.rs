@@ -79,7 +79,7 @@ fn ms(d: Duration) -> f64 {
     d.as_secs_f64() * 1000.0
 }
 
-fn impaired_profile(o: &Options) -> Profile {
+pub(crate) fn impaired_profile(o: &Options) -> Profile {
     let base = if o.impair_rate_kbps > 0 {
         Profile::rate(o.impair_rate_kbps * 1000, o.impair_queue_ms)
     } else {
