@@ -42,14 +42,15 @@ in_ns ip link set cmp0 up
 in_ns ip link set cmp1 up
 
 # Janus: only the VideoRoom plugin and the WebSocket transport, candidates on cmp0.
+janus_lib=$(dirname "$(dirname "$(dpkg -L janus | grep -m1 '/plugins/libjanus_videoroom.so$')")")
 mkdir -p "$work/janus"
 cat >"$work/janus/janus.jcfg" <<EOF
 general: {
   configs_folder = "$work/janus"
-  plugins_folder = "/usr/lib/x86_64-linux-gnu/janus/plugins"
-  transports_folder = "/usr/lib/x86_64-linux-gnu/janus/transports"
-  events_folder = "/usr/lib/x86_64-linux-gnu/janus/events"
-  loggers_folder = "/usr/lib/x86_64-linux-gnu/janus/loggers"
+  plugins_folder = "$janus_lib/plugins"
+  transports_folder = "$janus_lib/transports"
+  events_folder = "$janus_lib/events"
+  loggers_folder = "$janus_lib/loggers"
   debug_level = 3
 }
 media: { rtp_port_range = "20000-40000" }
