@@ -36,8 +36,8 @@ use webrtc::peer_connection::RTCPeerConnection;
 use webrtc::track::track_remote::TrackRemote;
 
 pub use peer::{
-    add_local_track, answer, new_peer_connection, rewrite_candidates, LocalTrack, SimulcastLayer,
-    SyntheticVideo, VideoSent, PT_RED, SIMULCAST_LAYERS,
+    add_local_track, answer, new_peer_connection, offer, rewrite_candidates, LocalTrack,
+    SimulcastLayer, SyntheticVideo, VideoSent, PT_RED, SIMULCAST_LAYERS,
 };
 /// The webrtc-rs crate the client is built on (its RTP types appear in this API).
 pub use webrtc;
@@ -375,14 +375,7 @@ async fn negotiate_publisher(
         ice_restart: true,
         voice_activity_detection: false,
     });
-    let offer = pc.create_offer(options).await?;
-    let mut gathered = pc.gathering_complete_promise().await;
-    pc.set_local_description(offer).await?;
-    let _ = gathered.recv().await;
-    let local = pc
-        .local_description()
-        .await
-        .ok_or_else(|| anyhow!("no local description"))?;
+    let sdp = peer::offer(pc, options).await?;
     let tracks = {
         let mut published = inner.published.lock().expect("lock");
         update(&mut published)?;
@@ -392,10 +385,7 @@ async fn negotiate_publisher(
     *inner.pending_publish.lock().expect("lock") = Some(tx);
     inner
         .out
-        .send(ClientMsg::PublishOffer {
-            sdp: local.sdp,
-            tracks,
-        })
+        .send(ClientMsg::PublishOffer { sdp, tracks })
         .map_err(|_| anyhow!("signaling closed"))?;
     let answer = tokio::time::timeout(Duration::from_secs(10), rx)
         .await

@@ -610,8 +610,26 @@ pub async fn answer(pc: &Arc<RTCPeerConnection>, offer: String) -> anyhow::Resul
     pc.set_remote_description(RTCSessionDescription::offer(offer)?)
         .await?;
     let answer = pc.create_answer(None).await?;
+    set_local_gathered(pc, answer).await
+}
+
+/// Make an offer and set it; returns its SDP (all candidates gathered).
+pub async fn offer(
+    pc: &Arc<RTCPeerConnection>,
+    options: Option<webrtc::peer_connection::offer_answer_options::RTCOfferOptions>,
+) -> anyhow::Result<String> {
+    let offer = pc.create_offer(options).await?;
+    set_local_gathered(pc, offer).await
+}
+
+/// Set a local description and wait for ICE gathering to end (no trickle): the SDP returned
+/// carries every candidate.
+async fn set_local_gathered(
+    pc: &Arc<RTCPeerConnection>,
+    description: RTCSessionDescription,
+) -> anyhow::Result<String> {
     let mut gathered = pc.gathering_complete_promise().await;
-    pc.set_local_description(answer).await?;
+    pc.set_local_description(description).await?;
     let _ = gathered.recv().await;
     pc.local_description()
         .await

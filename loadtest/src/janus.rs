@@ -169,11 +169,38 @@ impl Session {
         let reply = self.request(m).await?;
         let data = reply["plugindata"]["data"].clone();
         if let Some(code) = data["error_code"].as_u64() {
-            bail!("VideoRoom error {code}: {}", data["error"]);
+            return Err(VideoRoomError {
+                code,
+                reason: data["error"].to_string(),
+            }
+            .into());
         }
         let jsep = reply.get("jsep").cloned();
         Ok((data, jsep))
     }
+}
+
+/// An error the VideoRoom plugin answered with.
+#[derive(Debug)]
+struct VideoRoomError {
+    code: u64,
+    reason: String,
+}
+
+impl std::fmt::Display for VideoRoomError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "VideoRoom error {}: {}", self.code, self.reason)
+    }
+}
+
+impl std::error::Error for VideoRoomError {}
+
+/// VideoRoom's code for "room already exists".
+const ROOM_EXISTS: u64 = 427;
+
+/// The SDP of a JSEP object, if any.
+fn sdp_of(jsep: Option<Value>) -> Option<String> {
+    jsep.and_then(|j| j["sdp"].as_str().map(str::to_owned))
 }
 
 fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
@@ -266,7 +293,9 @@ pub async fn drive(
     match session.message(own.id, create, None).await {
         Ok(_) => {}
         // Created by another participant of the room in the meantime.
-        Err(e) if e.to_string().contains("error 427") => {}
+        Err(e)
+            if e.downcast_ref::<VideoRoomError>()
+                .is_some_and(|v| v.code == ROOM_EXISTS) => {}
         Err(e) => return Err(e),
     }
     let who = format!("{}-{}", seat.role.as_str(), seat.index);
@@ -293,15 +322,7 @@ pub async fn drive(
         for l in &labels {
             tracks.push(consult_client::add_local_track(&pc, *l, false, false).await?);
         }
-        let offer = pc.create_offer(None).await?;
-        let mut gathered = pc.gathering_complete_promise().await;
-        pc.set_local_description(offer).await?;
-        let _ = gathered.recv().await;
-        let mut sdp = pc
-            .local_description()
-            .await
-            .ok_or_else(|| anyhow!("no local description"))?
-            .sdp;
+        let mut sdp = consult_client::offer(&pc, None).await?;
         if impaired.is_some() {
             sdp = strip_candidates(&sdp);
         }
@@ -312,9 +333,8 @@ pub async fn drive(
                 Some(json!({"type": "offer", "sdp": sdp})),
             )
             .await?;
-        let mut answer = jsep
-            .and_then(|j| j["sdp"].as_str().map(str::to_owned))
-            .ok_or_else(|| anyhow!("Janus answered the publication without SDP"))?;
+        let mut answer =
+            sdp_of(jsep).ok_or_else(|| anyhow!("Janus answered the publication without SDP"))?;
         if let Some(profile) = impaired {
             let relay = impair(&answer, profile, seat.index).await?;
             answer = consult_client::rewrite_candidates(&answer, Some(relay.addr()));
@@ -411,9 +431,7 @@ async fn subscribe(
             None,
         )
         .await?;
-    let mut offer = jsep
-        .and_then(|j| j["sdp"].as_str().map(str::to_owned))
-        .ok_or_else(|| anyhow!("Janus sent no subscriber offer"))?;
+    let mut offer = sdp_of(jsep).ok_or_else(|| anyhow!("Janus sent no subscriber offer"))?;
     let relay = match impaired {
         Some(profile) => {
             let relay = impair(&offer, profile, seed).await?;

@@ -89,7 +89,9 @@ pub async fn run(options: Options) -> anyhow::Result<Report> {
     });
 
     let sampler = tokio::spawn(sample(ctx.clone(), pid, start));
-    let window_probe = tokio::spawn(probe_window(api, pid, window));
+    // Janus has no counters of ours: asking the default URL could read another server's.
+    let metrics_api = options.janus_ws.is_none().then_some(api);
+    let window_probe = tokio::spawn(probe_window(metrics_api, pid, window));
 
     let mut rooms = Vec::new();
     for (i, room_seats) in seats.into_iter().enumerate() {
@@ -200,10 +202,12 @@ struct WindowProbe {
     metrics_end: Option<api::Metrics>,
 }
 
-async fn probe_window(api: api::Api, pid: Option<u32>, window: Window) -> WindowProbe {
+async fn probe_window(api: Option<api::Api>, pid: Option<u32>, window: Window) -> WindowProbe {
     let mut p = WindowProbe::default();
     tokio::time::sleep_until(window.from.into()).await;
-    p.metrics_start = api.metrics().await.ok();
+    if let Some(api) = &api {
+        p.metrics_start = api.metrics().await.ok();
+    }
     let t0 = Instant::now();
     p.at_start = pid.and_then(procstat::read);
     let own_start = procstat::own_cpu_ticks();
@@ -213,7 +217,9 @@ async fn probe_window(api: api::Api, pid: Option<u32>, window: Window) -> Window
     p.at_end = pid.and_then(procstat::read);
     p.times = Some((t0, Instant::now()));
     p.own = own_start.zip(procstat::own_cpu_ticks());
-    p.metrics_end = api.metrics().await.ok();
+    if let Some(api) = &api {
+        p.metrics_end = api.metrics().await.ok();
+    }
     p
 }
 
