@@ -66,6 +66,7 @@ fn join(
         Command::Join {
             room: "bench".into(),
             participant: id.into(),
+            audio_rtx: false,
             events,
             reply,
         },

@@ -143,6 +143,8 @@ impl Client {
             version: PROTOCOL_VERSION,
             token: token.to_owned(),
             room: None,
+            // webrtc-rs repairs audio from RTX through `rtx::RtxRepairBuilder`.
+            audio_rtx: !options.without_rtx_repair,
         })
         .map_err(|_| anyhow!("signaling closed"))?;
         let first = tokio::time::timeout(Duration::from_secs(10), incoming.recv())

@@ -1,4 +1,5 @@
-//! Gives up NACKing a packet after a few tries, as browsers do (libwebrtc: 10 retries).
+//! Spaces the NACKs for one packet by about a round trip, and gives up after a few tries, as
+//! browsers do (libwebrtc: 10 retries).
 //!
 //! webrtc-rs 0.17's NACK generator asks again for every missing packet of its window every
 //! 100 ms, with no retry limit: when a stream stops (the SFU pauses a video track toward a
@@ -29,6 +30,14 @@ pub const MAX_TRIES: u8 = 10;
 /// How long after the first request a packet may still be asked for (a retransmission later
 /// than this misses any playout anyway).
 pub const MAX_AGE: Duration = Duration::from_secs(2);
+/// A packet asked for is asked again only once a round trip has passed (the request to the
+/// SFU and its retransmission back), so the generator's fast ticks (`peer::NACK_INTERVAL`)
+/// do not ask for a copy already on its way: the SFU sends each one asked for. The round
+/// trip is measured as request → repaired packet, for requests answered at the first try.
+pub const RETRY_BEFORE_MEASURED: Duration = Duration::from_millis(200);
+/// Bounds of the spacing between two requests for the same packet.
+const RETRY_MIN: Duration = Duration::from_millis(50);
+const RETRY_MAX: Duration = Duration::from_millis(1000);
 /// A packet not asked for this long is forgotten (received, or out of the generator's window).
 const FORGET_AFTER: Duration = Duration::from_secs(3);
 
@@ -37,12 +46,18 @@ const FORGET_AFTER: Duration = Duration::from_secs(3);
 pub struct NackBudget {
     asked: HashMap<(u32, u16), Asked>,
     last_prune: Option<Instant>,
+    /// Smoothed request → retransmission time (as TCP's SRTT, gain 1/8).
+    srtt: Option<Duration>,
 }
 
 #[derive(Debug, Clone, Copy)]
 struct Asked {
     first: Instant,
+    /// Last time the generator asked (sent or not).
     last: Instant,
+    /// First and last time a request went out.
+    first_sent: Instant,
+    sent: Instant,
     tries: u8,
 }
 
@@ -57,22 +72,63 @@ impl NackBudget {
                 .retain(|_, a| now.saturating_duration_since(a.last) < FORGET_AFTER);
             self.last_prune = Some(now);
         }
+        let retry = self.retry_after();
         seqs.iter()
             .copied()
             .filter(|seq| {
                 let a = self.asked.entry((ssrc, *seq)).or_insert(Asked {
                     first: now,
                     last: now,
+                    first_sent: now,
+                    sent: now,
                     tries: 0,
                 });
                 a.last = now;
                 if a.tries >= MAX_TRIES || now.saturating_duration_since(a.first) > MAX_AGE {
                     return false;
                 }
+                if a.tries > 0 && now.saturating_duration_since(a.sent) < retry {
+                    return false;
+                }
+                if a.tries == 0 {
+                    a.first_sent = now;
+                }
                 a.tries += 1;
+                a.sent = now;
                 true
             })
             .collect()
+    }
+
+    /// A packet of `ssrc` arrived (first copy or retransmission): no more requests for it,
+    /// and the time since it was first asked for is a round-trip sample. When it was asked
+    /// for more than once that may be more than one round trip (a lost request or copy):
+    /// the spacing errs long, never short, so a spacing shorter than the round trip (every
+    /// loss asked for twice) still corrects itself.
+    pub fn received(&mut self, now: Instant, ssrc: u32, seq: u16) {
+        if self.asked.is_empty() {
+            return;
+        }
+        let Some(a) = self.asked.remove(&(ssrc, seq)) else {
+            return;
+        };
+        if a.tries == 0 {
+            return;
+        }
+        let sample = now.saturating_duration_since(a.first_sent);
+        self.srtt = Some(match self.srtt {
+            None => sample,
+            Some(s) => (s * 7 + sample) / 8,
+        });
+    }
+
+    /// How long after a request the same packet may be asked for again: the measured round
+    /// trip with a quarter's margin.
+    pub fn retry_after(&self) -> Duration {
+        match self.srtt {
+            None => RETRY_BEFORE_MEASURED,
+            Some(s) => (s + s / 4).clamp(RETRY_MIN, RETRY_MAX),
+        }
     }
 
     /// Packets being tracked (for tests).
@@ -143,6 +199,26 @@ impl RTCPWriter for LimitedWriter {
     }
 }
 
+/// Tells the budget of each packet read (repaired ones included: `rtx` sits below).
+struct ArrivalReader {
+    inner: Arc<dyn RTPReader + Send + Sync>,
+    budget: Arc<Mutex<NackBudget>>,
+}
+
+#[async_trait::async_trait]
+impl RTPReader for ArrivalReader {
+    async fn read(
+        &self,
+        buf: &mut [u8],
+        attributes: &Attributes,
+    ) -> Result<(webrtc::rtp::packet::Packet, Attributes), webrtc::interceptor::Error> {
+        let (pkt, attr) = self.inner.read(buf, attributes).await?;
+        let mut budget = self.budget.lock().unwrap_or_else(|p| p.into_inner());
+        budget.received(Instant::now(), pkt.header.ssrc, pkt.header.sequence_number);
+        Ok((pkt, attr))
+    }
+}
+
 #[async_trait::async_trait]
 impl Interceptor for NackLimit {
     async fn bind_rtcp_reader(
@@ -177,7 +253,10 @@ impl Interceptor for NackLimit {
         _info: &StreamInfo,
         reader: Arc<dyn RTPReader + Send + Sync>,
     ) -> Arc<dyn RTPReader + Send + Sync> {
-        reader
+        Arc::new(ArrivalReader {
+            inner: reader,
+            budget: self.budget.clone(),
+        })
     }
 
     async fn unbind_remote_stream(&self, _info: &StreamInfo) {}
@@ -195,17 +274,60 @@ mod tests {
     fn a_missing_packet_is_asked_for_ten_times_then_given_up() {
         let t = Instant::now();
         let mut b = NackBudget::default();
-        let every_100ms = |i: u64| t + Duration::from_millis(100 * i);
+        let every_retry = |i: u64| t + RETRY_BEFORE_MEASURED * i as u32;
         for i in 0..10 {
-            assert_eq!(b.filter(every_100ms(i), 7, &[100, 101]), vec![100, 101]);
+            assert_eq!(b.filter(every_retry(i), 7, &[100, 101]), vec![100, 101]);
         }
-        // The generator keeps asking every 100 ms while the stream is stopped: nothing goes out.
+        // The generator keeps asking while the stream is stopped: nothing goes out.
         for i in 10..100 {
-            assert!(b.filter(every_100ms(i), 7, &[100, 101]).is_empty());
+            assert!(b.filter(every_retry(i), 7, &[100, 101]).is_empty());
         }
         // Another stream, or a new loss, has its own budget.
-        assert_eq!(b.filter(every_100ms(100), 8, &[100]), vec![100]);
-        assert_eq!(b.filter(every_100ms(100), 7, &[102]), vec![102]);
+        assert_eq!(b.filter(every_retry(100), 8, &[100]), vec![100]);
+        assert_eq!(b.filter(every_retry(100), 7, &[102]), vec![102]);
+    }
+
+    #[test]
+    fn fast_ticks_ask_at_once_then_once_a_round_trip() {
+        let t = Instant::now();
+        let mut b = NackBudget::default();
+        let tick = |i: u32| t + Duration::from_millis(20) * i;
+        let sent: Vec<u32> = (0..25)
+            .filter(|i| !b.filter(tick(*i), 3, &[9]).is_empty())
+            .collect();
+        // 20 ms ticks over 480 ms: at once, then every RETRY_BEFORE_MEASURED.
+        assert_eq!(sent, vec![0, 10, 20]);
+        // A loss noticed later is asked for at its first tick.
+        assert_eq!(b.filter(tick(25), 3, &[9, 10]), vec![10]);
+    }
+
+    #[test]
+    fn repeats_are_spaced_by_the_measured_round_trip() {
+        let t = Instant::now();
+        let ms = |n: u64| t + Duration::from_millis(n);
+        let mut b = NackBudget::default();
+        // Asked once, repaired 300 ms later: a sample.
+        b.filter(ms(0), 1, &[10]);
+        b.received(ms(300), 1, 10);
+        assert_eq!(b.retry_after(), Duration::from_millis(375));
+        // Asked twice: the sample runs from the first request (700 ms here); and the packet
+        // is forgotten.
+        b.filter(ms(1000), 1, &[11]);
+        b.filter(ms(1400), 1, &[11]);
+        b.received(ms(1700), 1, 11);
+        // (300 × 7 + 700) / 8 = 350, × 1.25
+        assert_eq!(b.retry_after(), Duration::from_micros(437_500));
+        assert_eq!(b.tracked(), 0);
+        // A repeat waits for the round trip.
+        b.filter(ms(2000), 1, &[12]);
+        assert!(b.filter(ms(2430), 1, &[12]).is_empty());
+        assert_eq!(b.filter(ms(2440), 1, &[12]), vec![12]);
+        // Samples are smoothed; the spacing has a floor.
+        for i in 0..40 {
+            b.filter(ms(3000 + i * 10), 2, &[i as u16]);
+            b.received(ms(3000 + i * 10 + 1), 2, i as u16);
+        }
+        assert_eq!(b.retry_after(), RETRY_MIN);
     }
 
     #[test]

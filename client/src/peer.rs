@@ -8,12 +8,14 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 use tokio::sync::mpsc;
-use webrtc::api::interceptor_registry::{configure_nack, configure_twcc_receiver_only};
+use webrtc::api::interceptor_registry::configure_twcc_receiver_only;
 use webrtc::api::media_engine::{MediaEngine, MIME_TYPE_OPUS, MIME_TYPE_VP8};
 use webrtc::api::setting_engine::SettingEngine;
 use webrtc::api::APIBuilder;
 use webrtc::ice::mdns::MulticastDnsMode;
 use webrtc::ice::network_type::NetworkType;
+use webrtc::interceptor::nack::generator::Generator;
+use webrtc::interceptor::nack::responder::Responder;
 use webrtc::interceptor::registry::Registry;
 use webrtc::interceptor::report::receiver::ReceiverReport;
 use webrtc::interceptor::report::sender::SenderReport;
@@ -33,6 +35,8 @@ use webrtc::track::track_local::{TrackLocal, TrackLocalWriter};
 const PT_OPUS: u8 = 111;
 /// RED around Opus (the payload type str0m and browsers use).
 pub const PT_RED: u8 = 63;
+/// Opus retransmissions (the SFU's `audio_rtx::PT_OPUS_RTX`).
+const PT_OPUS_RTX: u8 = 112;
 const PT_VP8: u8 = 96;
 const PT_VP8_RTX: u8 = 97;
 
@@ -106,6 +110,22 @@ fn media_engine(red: bool) -> anyhow::Result<MediaEngine> {
         },
         RTPCodecType::Video,
     )?;
+    // Opus retransmissions (RFC 4588), which our SFU offers to peers that take them: on a
+    // thin lossy link a resent packet still makes its playout, where RED does not fit.
+    m.register_codec(
+        RTCRtpCodecParameters {
+            capability: RTCRtpCodecCapability {
+                mime_type: "audio/rtx".to_owned(),
+                clock_rate: 48000,
+                channels: 0,
+                sdp_fmtp_line: format!("apt={PT_OPUS}"),
+                rtcp_feedback: vec![],
+            },
+            payload_type: PT_OPUS_RTX,
+            ..Default::default()
+        },
+        RTPCodecType::Audio,
+    )?;
     // Simulcast layers are told apart by the rid header extension (with the mid's).
     for uri in [
         webrtc::sdp::extmap::SDES_MID_URI,
@@ -126,6 +146,26 @@ fn media_engine(red: bool) -> anyhow::Result<MediaEngine> {
 /// bitrate (as browsers do: quarter and half resolution).
 pub const SIMULCAST_LAYERS: [(&str, u64, u64); 3] = [("q", 1, 10), ("h", 1, 3), ("f", 1, 1)];
 
+/// How often the NACK generator looks for missing packets (webrtc-rs's default: 100 ms). A
+/// loss is asked for at the next tick; `nack_limit` spaces the repeats of one request.
+const NACK_INTERVAL: Duration = Duration::from_millis(20);
+
+/// NACK and PLI feedback for video, NACK for audio (Opus retransmissions: see the audio
+/// `rtx` codec), the NACK responder for what we send, and a generator ticking every
+/// [`NACK_INTERVAL`]: on a 100 ms link a retransmitted audio packet has little time to spare.
+fn configure_nack(mut registry: Registry, m: &mut MediaEngine) -> Registry {
+    let fb = |typ: &str, parameter: &str| RTCPFeedback {
+        typ: typ.to_owned(),
+        parameter: parameter.to_owned(),
+    };
+    m.register_feedback(fb("nack", ""), RTPCodecType::Video);
+    m.register_feedback(fb("nack", "pli"), RTPCodecType::Video);
+    m.register_feedback(fb("nack", ""), RTPCodecType::Audio);
+    registry.add(Box::new(Responder::builder()));
+    registry.add(Box::new(Generator::builder().with_interval(NACK_INTERVAL)));
+    registry
+}
+
 /// How often our peers send RTCP receiver reports.
 const RECEIVER_REPORT_INTERVAL: Duration = Duration::from_millis(250);
 
@@ -144,8 +184,9 @@ pub async fn new_peer_connection(
     registry.add(Box::new(crate::nack_limit::NackLimitBuilder));
     // Below the receiver-report interceptor: one report packet per tick, see `rr_merge.rs`.
     registry.add(Box::new(crate::rr_merge::RrMergeBuilder));
-    // webrtc-rs's defaults, but receiver reports four times a second (default: one): the
-    // SFU reads the round-trip time from them, its signal of a queue building on the link.
+    // webrtc-rs's defaults, but NACKs for audio too and sooner, and receiver reports four
+    // times a second (default: one): the SFU reads the round-trip time from them, its signal
+    // of a queue building on the link.
     let mut registry = configure_nack(registry, &mut m);
     registry.add(Box::new(
         ReceiverReport::builder().with_interval(RECEIVER_REPORT_INTERVAL),

@@ -1,4 +1,4 @@
-//! Repairs a video stream from its RTX stream (RFC 4588) on the receiving side.
+//! Repairs a video or audio stream from its RTX stream (RFC 4588) on the receiving side.
 //!
 //! webrtc-rs 0.17 negotiates RTX and reads the repair stream, but drops what it reads
 //! ("These packets aren't exposed to the user yet", `RTCRtpReceiver::receive_for_rtx`): a packet
@@ -11,6 +11,7 @@
 
 use std::collections::{HashMap, VecDeque};
 use std::sync::{Arc, Mutex};
+use tokio::sync::Notify;
 use webrtc::interceptor::stream_info::StreamInfo;
 use webrtc::interceptor::{
     Attributes, Interceptor, InterceptorBuilder, RTCPReader, RTCPWriter, RTPReader, RTPWriter,
@@ -24,6 +25,14 @@ struct Shared {
     repaired: HashMap<u32, VecDeque<Packet>>,
     /// Payload type of each original stream, as last seen on the wire.
     main_pt: HashMap<u32, u8>,
+    /// Wakes the reader of an original stream when a repaired packet is queued for it.
+    wake: HashMap<u32, Arc<Notify>>,
+}
+
+impl Shared {
+    fn wake(&mut self, ssrc: u32) -> Arc<Notify> {
+        self.wake.entry(ssrc).or_default().clone()
+    }
 }
 
 /// Bound on queued repaired packets per stream, so a stalled reader cannot grow memory.
@@ -75,6 +84,9 @@ impl RTPReader for RepairStreamReader {
                 let q = shared.repaired.entry(self.main_ssrc).or_default();
                 if q.len() < MAX_QUEUED {
                     q.push_back(original);
+                    // At once, not with the stream's next packet: a retransmission has
+                    // little time left before its playout (20 ms is a whole audio packet).
+                    shared.wake(self.main_ssrc).notify_one();
                 }
             }
         }
@@ -95,27 +107,43 @@ impl RTPReader for MainStreamReader {
         buf: &mut [u8],
         attributes: &Attributes,
     ) -> Result<(Packet, Attributes), webrtc::interceptor::Error> {
-        let repaired = {
-            let mut shared = self.shared.lock().unwrap_or_else(|p| p.into_inner());
-            shared
-                .repaired
-                .get_mut(&self.ssrc)
-                .and_then(VecDeque::pop_front)
-        };
-        if let Some(pkt) = repaired {
-            // Readers above may re-parse `buf`: give them the packet's bytes too.
-            if let Ok(bytes) = pkt.marshal() {
-                if bytes.len() <= buf.len() {
-                    buf[..bytes.len()].copy_from_slice(&bytes);
+        loop {
+            let (repaired, wake) = {
+                let mut shared = self.shared.lock().unwrap_or_else(|p| p.into_inner());
+                let repaired = shared
+                    .repaired
+                    .get_mut(&self.ssrc)
+                    .and_then(VecDeque::pop_front);
+                (repaired, shared.wake(self.ssrc))
+            };
+            if let Some(pkt) = repaired {
+                // Readers above may re-parse `buf`: give them the packet's bytes too.
+                if let Ok(bytes) = pkt.marshal() {
+                    if bytes.len() <= buf.len() {
+                        buf[..bytes.len()].copy_from_slice(&bytes);
+                    }
                 }
+                return Ok((pkt, attributes.clone()));
             }
-            return Ok((pkt, attributes.clone()));
+            // A repaired packet queued meanwhile wakes this read (`notify_one` keeps the
+            // wake-up if nobody waits yet). Dropping the pending read loses nothing: the SRTP
+            // stream's buffer hands a packet out only when the read completes.
+            let read = tokio::select! {
+                biased;
+                _ = wake.notified() => None,
+                r = self.inner.read(buf, attributes) => Some(r),
+            };
+            let Some(r) = read else { continue };
+            let (pkt, attr) = r?;
+            // The stream info's payload type can be 0 here: learn the real one from the
+            // packets. Not RED's: a RED packet is never retransmitted over RTX (RED carries
+            // its own redundancy; str0m does not cache it), so a repaired packet is plain.
+            if pkt.header.payload_type != crate::PT_RED {
+                let mut shared = self.shared.lock().unwrap_or_else(|p| p.into_inner());
+                shared.main_pt.insert(self.ssrc, pkt.header.payload_type);
+            }
+            return Ok((pkt, attr));
         }
-        let (pkt, attr) = self.inner.read(buf, attributes).await?;
-        // The stream info's payload type can be 0 here: learn the real one from the packets.
-        let mut shared = self.shared.lock().unwrap_or_else(|p| p.into_inner());
-        shared.main_pt.insert(self.ssrc, pkt.header.payload_type);
-        Ok((pkt, attr))
     }
 }
 
@@ -150,7 +178,11 @@ impl Interceptor for RtxRepair {
         info: &StreamInfo,
         reader: Arc<dyn RTPReader + Send + Sync>,
     ) -> Arc<dyn RTPReader + Send + Sync> {
-        let is_rtx = info.mime_type.eq_ignore_ascii_case("video/rtx");
+        // webrtc-rs binds a repair stream with its main stream as `associated_stream` (and
+        // nothing else with one). Its codec is the RTX codec whose apt is the track's first
+        // codec, or that codec itself when there is none: audio that negotiated RED first
+        // gets RED's. So video and audio (Opus) repair streams are told by the association.
+        let is_rtx = info.associated_stream.is_some();
         match (&info.associated_stream, is_rtx) {
             (Some(main), true) => Arc::new(RepairStreamReader {
                 inner: reader,
@@ -169,6 +201,7 @@ impl Interceptor for RtxRepair {
         let mut shared = self.shared.lock().unwrap_or_else(|p| p.into_inner());
         shared.repaired.remove(&info.ssrc);
         shared.main_pt.remove(&info.ssrc);
+        shared.wake.remove(&info.ssrc);
     }
 
     async fn close(&self) -> Result<(), webrtc::interceptor::Error> {

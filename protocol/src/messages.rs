@@ -113,6 +113,11 @@ pub enum ClientMsg {
         token: String,
         #[serde(default, skip_serializing_if = "Option::is_none")]
         room: Option<String>,
+        /// The client takes Opus retransmissions (NACK + RTX, RFC 4588) on its subscriber
+        /// connection: the server then offers each audio track an RTX stream. Browsers do
+        /// not (an audio RTX stream in an offer makes them refuse it): leave it out.
+        #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+        audio_rtx: bool,
     },
     /// SDP offer of the publisher connection, with what each sending m-line carries.
     /// Tracks missing from the list (or m-lines no longer sending) are unpublished.

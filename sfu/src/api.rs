@@ -79,6 +79,8 @@ pub enum Command {
     Join {
         room: String,
         participant: ParticipantId,
+        /// The client takes Opus retransmissions (see `audio_rtx`).
+        audio_rtx: bool,
         events: mpsc::UnboundedSender<SfuEvent>,
         reply: oneshot::Sender<Result<(), SfuError>>,
     },
@@ -326,12 +328,14 @@ impl SfuHandle {
         &self,
         room: &str,
         participant: &str,
+        audio_rtx: bool,
         events: mpsc::UnboundedSender<SfuEvent>,
     ) -> impl std::future::Future<Output = Result<(), SfuError>> + Send + 'static {
         let (reply, rx) = oneshot::channel();
         let sent = self.send(Command::Join {
             room: room.to_owned(),
             participant: participant.to_owned(),
+            audio_rtx,
             events,
             reply,
         });

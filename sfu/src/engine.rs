@@ -76,6 +76,8 @@ struct Participant {
     pending_offer: Option<SdpPendingOffer>,
     /// The client asked for an ICE restart of the subscriber connection: in the next offer.
     ice_restart_wanted: bool,
+    /// The client takes Opus retransmissions: its audio m-lines get an RTX SSRC.
+    audio_rtx: bool,
     /// Splits the subscriber connection's estimate across the tracks it receives.
     allocator: Allocator<(u64, Mid)>,
     /// Whether the estimate may take tracks down (queueing seen), and media probing.
@@ -335,10 +337,11 @@ impl Engine {
             Command::Join {
                 room,
                 participant,
+                audio_rtx,
                 events,
                 reply,
             } => {
-                let _ = reply.send(self.join(now, room, participant, events));
+                let _ = reply.send(self.join(now, room, participant, audio_rtx, events));
             }
             Command::PublishOffer {
                 participant,
@@ -450,6 +453,7 @@ impl Engine {
         now: Instant,
         room: String,
         id: ParticipantId,
+        audio_rtx: bool,
         events: UnboundedSender<SfuEvent>,
     ) -> Result<(), SfuError> {
         if self.ids.contains_key(&id) {
@@ -491,6 +495,7 @@ impl Engine {
                 outs,
                 pending_offer: None,
                 ice_restart_wanted: false,
+                audio_rtx,
                 allocator: Allocator::default(),
                 gate: CongestionGate::default(),
                 twcc_bps: None,
@@ -629,6 +634,7 @@ impl Engine {
                     OutState::Negotiating => {
                         o.state = OutState::ToOpen;
                         o.mid = None;
+                        o.audio_rtx = None;
                     }
                     OutState::Stopping => o.state = OutState::ToStop,
                     _ => {}
@@ -644,9 +650,13 @@ impl Engine {
             p.notify(SfuEvent::IceRestarted(PeerTarget::Subscriber));
         }
         let mut opened = Vec::new();
+        let rtc = &mut p.subscriber.rtc;
         p.outs.retain_mut(|o| match o.state {
             OutState::Negotiating => {
                 o.state = OutState::Open;
+                if let (Some(mid), Some(rtx)) = (o.mid, o.audio_rtx) {
+                    crate::audio_rtx::enable(rtc, mid, rtx);
+                }
                 if o.kind == TrackKind::Video {
                     opened.push((o.source, o.fwd.target()));
                 }
@@ -783,6 +793,18 @@ impl Engine {
         match api.apply() {
             Some((offer, pending)) => {
                 p.pending_offer = Some(pending);
+                // New audio m-sections get an RTX SSRC for retransmissions (`audio_rtx`).
+                let mut rtx = Vec::new();
+                for o in p.outs.iter_mut().filter(|_| p.audio_rtx) {
+                    if let (TrackKind::Audio, OutState::Negotiating, Some(mid), None) =
+                        (o.kind, o.state, o.mid, o.audio_rtx)
+                    {
+                        let ssrc = p.subscriber.rtc.direct_api().new_ssrc();
+                        o.audio_rtx = Some(ssrc);
+                        rtx.push((mid, ssrc));
+                    }
+                }
+                let sdp = crate::audio_rtx::add_rtx_ssrcs(&offer.to_sdp_string(), &rtx);
                 let tracks = p
                     .outs
                     .iter()
@@ -797,10 +819,7 @@ impl Engine {
                         })
                     })
                     .collect();
-                p.notify(SfuEvent::SubscriberOffer {
-                    sdp: offer.to_sdp_string(),
-                    tracks,
-                });
+                p.notify(SfuEvent::SubscriberOffer { sdp, tracks });
             }
             None => p.outs.retain(|o| o.state != OutState::Stopping),
         }
@@ -1551,7 +1570,8 @@ impl Engine {
             )
             .marker(pkt.header.marker)
             .ext_vals(ext)
-            .nackable(kind == TrackKind::Video);
+            // Audio only where its stream has an RTX SSRC (see `audio_rtx`).
+            .nackable(kind == TrackKind::Video || stream.rtx().is_some());
             if let (Some(ids), Some(d)) = (rewritten.vp8, vp8) {
                 if let Some(patch) = vp8_patch(&d, ids) {
                     write = write.vp8_patch(patch);

@@ -12,6 +12,7 @@
 
 pub mod allocator;
 pub mod api;
+mod audio_rtx;
 pub mod congestion;
 pub mod delay;
 mod demux;

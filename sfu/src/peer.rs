@@ -3,7 +3,7 @@
 use std::net::SocketAddr;
 use std::time::Instant;
 use str0m::bwe::Bitrate;
-use str0m::format::CodecConfig;
+use str0m::format::{Codec, CodecConfig};
 use str0m::{Candidate, Rtc};
 
 /// Packets kept per outgoing video stream to answer NACKs (~3 s of 720p at 30 fps).
@@ -85,5 +85,32 @@ fn forwardable_codecs() -> CodecConfig {
     c.enable_opus(true, true);
     c.enable_vp8(true);
     c.enable_h264(true);
-    c
+    // And Opus retransmissions for peers that take them: see `audio_rtx`.
+    let params = c
+        .params()
+        .iter()
+        .map(|p| match p.spec().codec {
+            Codec::Opus => crate::audio_rtx::codec(p).unwrap_or(*p),
+            _ => *p,
+        })
+        .collect();
+    CodecConfig::new_from_payload_params(params)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn opus_is_offered_with_red_and_retransmissions() {
+        let c = forwardable_codecs();
+        let opus = c.find(|p| p.spec().codec == Codec::Opus).unwrap();
+        assert_eq!(
+            opus.resend().map(|p| *p),
+            Some(crate::audio_rtx::PT_OPUS_RTX)
+        );
+        assert!(opus.fb_nack() && opus.red().is_some());
+        let vp8 = c.find(|p| p.spec().codec == Codec::Vp8).unwrap();
+        assert!(vp8.resend().is_some());
+    }
 }

@@ -215,6 +215,8 @@ pub struct TrackOut {
     pub red: bool,
     /// Emptying of the subscriber stream's resend cache while this copy is idle.
     pub resend_cache: crate::resend::ResendCacheState,
+    /// Audio: the RTX SSRC offered for its retransmissions (see `audio_rtx`).
+    pub audio_rtx: Option<str0m::rtp::Ssrc>,
 }
 
 impl TrackOut {
@@ -240,6 +242,7 @@ impl TrackOut {
             red_pt: None,
             red: false,
             resend_cache: Default::default(),
+            audio_rtx: None,
         }
     }
 

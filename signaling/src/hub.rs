@@ -20,6 +20,8 @@ pub enum Outbound {
 pub struct SessionHandle {
     pub out: mpsc::Sender<Outbound>,
     pub sfu_events: mpsc::UnboundedSender<SfuEvent>,
+    /// The client takes Opus retransmissions (its `join` said so).
+    pub audio_rtx: bool,
 }
 
 pub struct Hub {
@@ -139,10 +141,14 @@ impl Hub {
             Effect::Send { to, msg } => self.send(&to, Outbound::Msg(msg)),
             Effect::Close { to } => self.send(&to, Outbound::Close),
             Effect::StartMedia { id } => {
-                let Some(events) = self.sessions.get(&id).map(|s| s.sfu_events.clone()) else {
+                let Some((events, audio_rtx)) = self
+                    .sessions
+                    .get(&id)
+                    .map(|s| (s.sfu_events.clone(), s.audio_rtx))
+                else {
                     return;
                 };
-                let joined = self.sfu.join(room, &id, events);
+                let joined = self.sfu.join(room, &id, audio_rtx, events);
                 tokio::spawn(async move {
                     if let Err(e) = joined.await {
                         warn!(participant = id, "media session not created: {e}");

@@ -135,12 +135,13 @@ async fn next_incoming(stream: &mut SplitStream<WebSocket>) -> Incoming {
     }
 }
 
-/// Wait for a valid `join`, verifying its token.
+/// Wait for a valid `join`, verifying its token; also returns whether the client takes
+/// Opus retransmissions.
 async fn await_join(
     state: &AppState,
     sink: &mut Sink,
     stream: &mut SplitStream<WebSocket>,
-) -> Option<TokenClaims> {
+) -> Option<(TokenClaims, bool)> {
     let first = match tokio::time::timeout(JOIN_TIMEOUT, next_incoming(stream)).await {
         Ok(i) => i,
         Err(_) => {
@@ -155,8 +156,9 @@ async fn await_join(
             version,
             token,
             room,
+            audio_rtx,
         }) => match check_join(state, version, &token, room.as_deref()) {
-            Ok(claims) => return Some(claims),
+            Ok(claims) => return Some((claims, audio_rtx)),
             Err(r) => r,
         },
         Incoming::Msg(_) => Rejected::new(ErrorCode::NotJoined, "the first message must be join"),
@@ -213,7 +215,7 @@ fn new_participant_id() -> String {
 
 pub async fn run_session(state: Arc<AppState>, socket: WebSocket) {
     let (mut sink, mut stream) = socket.split();
-    let Some(claims) = await_join(&state, &mut sink, &mut stream).await else {
+    let Some((claims, audio_rtx)) = await_join(&state, &mut sink, &mut stream).await else {
         return;
     };
     let id = new_participant_id();
@@ -225,6 +227,7 @@ pub async fn run_session(state: Arc<AppState>, socket: WebSocket) {
         SessionHandle {
             out: out_tx,
             sfu_events: sfu_tx,
+            audio_rtx,
         },
     );
     let joined = state.hub.input(

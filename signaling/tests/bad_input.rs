@@ -73,6 +73,7 @@ fn join_msg(token: &str) -> String {
         version: 1,
         token: token.into(),
         room: None,
+        audio_rtx: false,
     })
     .unwrap()
 }
@@ -175,6 +176,7 @@ async fn bad_tokens_and_wrong_room_are_refused() {
         version: 1,
         token: srv.token("room-a", "pat", Role::Patient),
         room: Some("room-b".into()),
+        audio_rtx: false,
     })
     .unwrap();
     send(&mut ws, &msg).await;

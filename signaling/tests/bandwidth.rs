@@ -255,6 +255,17 @@ async fn consultation_at_100_kbps_keeps_the_stethoscope() {
             .iter()
             .filter(|i| received.get(i).is_some_and(|d| *d <= PLAYOUT_DEADLINE_US))
             .count();
+        // Those that missed their playout: when sent (ms from the start) and how late.
+        let late: Vec<(u64, Option<u64>)> = in_window
+            .iter()
+            .filter(|i| received.get(i).is_none_or(|d| *d > PLAYOUT_DEADLINE_US))
+            .map(|i| {
+                (
+                    sent_at(*i).as_millis() as u64,
+                    received.get(i).map(|d| d / 1000),
+                )
+            })
+            .collect();
         let mut times: Vec<u64> = a
             .iter()
             .filter(|x| (window.0..window.1).contains(&rel(x.1)))
@@ -282,6 +293,7 @@ async fn consultation_at_100_kbps_keeps_the_stethoscope() {
             "in_time_share": in_time as f64 / in_window.len().max(1) as f64,
             "max_gap_ms": max_gap_ms,
             "delay_p95_ms": p95,
+            "late_sent_ms_delay_ms": late,
         })
     };
     let steth_report = audio_report(TrackLabel::Stethoscope, sent_steth);
