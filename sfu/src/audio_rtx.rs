@@ -16,6 +16,10 @@
 //!
 //! Audio written before that (or to a subscriber without RTX) is not nackable: str0m would
 //! otherwise cache it and, on a NACK, look for an RTX SSRC the stream does not have.
+//!
+//! The other way, a publisher whose offer asks NACKs for Opus (our cart) is asked for the
+//! audio its uplink loses ([`nack_uplink`]): on a rural EHPAD link that is where the
+//! stethoscope is lost first.
 
 use str0m::format::{Codec, PayloadParams};
 use str0m::media::Mid;
@@ -104,6 +108,27 @@ fn pt_of<'a>(section: &'a str, codec: &str) -> Option<&'a str> {
         .map(|(pt, _)| pt)
 }
 
+/// Whether the audio m-section `mid` of a publisher's offer asks for NACKs on Opus.
+pub fn offers_nack(sdp: &str, mid: &str) -> bool {
+    split_sections(sdp).into_iter().any(|section| {
+        section.starts_with("m=audio")
+            && section
+                .lines()
+                .any(|l| l.strip_prefix("a=mid:").is_some_and(|m| m.trim() == mid))
+            && pt_of(section, "opus/")
+                .is_some_and(|opus| section.contains(&format!("a=rtcp-fb:{opus} nack\r\n")))
+    })
+}
+
+/// Ask a publisher for the audio packets its uplink loses on `mid`. str0m sends NACKs only
+/// for a stream with an RTX SSRC; webrtc-rs (our cart) gives audio none but answers NACKs by
+/// sending the packet again on its own SSRC, which str0m takes as a late packet.
+pub fn nack_uplink(rtc: &mut Rtc, mid: Mid) {
+    if let Some(stream) = rtc.direct_api().stream_rx_by_mid(mid, None) {
+        stream.suppress_nack(false);
+    }
+}
+
 /// The session line and each m-section, each with its line ends.
 fn split_sections(sdp: &str) -> Vec<&str> {
     let mut starts: Vec<usize> = sdp.match_indices("\nm=").map(|(i, _)| i + 1).collect();
@@ -151,6 +176,15 @@ pub fn enable(rtc: &mut Rtc, mid: Mid, rtx: Ssrc) -> bool {
 mod tests {
     use super::*;
     use str0m::format::CodecConfig;
+
+    #[test]
+    fn a_publisher_asking_nack_on_opus_is_recognised() {
+        assert!(offers_nack(OFFER, "0"));
+        // No rtpmap for Opus in mid 2, and mid 1 is video.
+        assert!(!offers_nack(OFFER, "2"));
+        assert!(!offers_nack(OFFER, "1"));
+        assert!(!offers_nack(OFFER, "9"));
+    }
 
     #[test]
     fn opus_gets_rtx_and_nack_and_keeps_red() {

@@ -550,6 +550,7 @@ impl Engine {
 
         // Which declared tracks are really received on this connection now.
         let mut live = Vec::with_capacity(declared.len());
+        let mut uplink_nack = Vec::new();
         let mut bad = None;
         for t in &declared {
             let mid = Mid::from(t.mid.as_str());
@@ -566,11 +567,19 @@ impl Engine {
                         Rids::Specific(rids) => rids.clone(),
                         _ => Vec::new(),
                     };
+                    if m.kind() == MediaKind::Audio && crate::audio_rtx::offers_nack(sdp, &t.mid) {
+                        uplink_nack.push(mid);
+                    }
                     live.push((mid, t.label, rids))
                 }
                 Some(_) => {}
                 None => bad = Some(format!("mid {} is not in the offer", t.mid)),
             }
+        }
+
+        // Audio whose publisher answers NACKs is asked for what its uplink loses.
+        for mid in uplink_nack {
+            crate::audio_rtx::nack_uplink(&mut p.publisher.rtc, mid);
         }
 
         // Unpublish what is gone, publish what is new.

@@ -2,7 +2,9 @@
 //! stethoscope packets; the physician negotiated RED and sits behind a link losing 5 % of
 //! packets, so the SFU adds each previous packet to the next one for it and the physician
 //! recovers almost every loss. The patient, on the same kind of link, did not negotiate RED
-//! and keeps getting plain packets (and the 5 % loss). Measured on what arrived.
+//! and keeps getting plain packets, its losses repaired by retransmission (NACK + RTX) instead.
+//! A cart whose uplink loses packets gets them asked for again, or rebuilt from its own RED.
+//! Measured on what arrived.
 
 mod common;
 
@@ -364,4 +366,77 @@ async fn packets_lost_upstream_are_rebuilt_from_red_for_plain_subscribers() {
     assert_eq!(h.corrupt, 0);
     assert!(recovered >= 5, "{recovered}");
     assert!(lost < 0.02, "residual loss {lost}");
+}
+
+/// The cart's uplink loses 5 % and the cart sends plain Opus: the SFU asks for each lost
+/// packet again (NACK; webrtc-rs resends it on its own SSRC) and forwards it late into its
+/// gap, so the physician hears (nearly) all of the stethoscope.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn packets_lost_upstream_are_asked_for_again() {
+    use consult_client::impair::{Loss, Profile};
+    let srv = start_server().await;
+    let room = "room-nack-up";
+    let uplink = LossyRelay::start_impaired(
+        srv.server.udp_addr,
+        vec![(
+            Duration::ZERO,
+            Profile {
+                loss: Loss::Random(LOSS),
+                ..Profile::default()
+            },
+        )],
+        vec![(Duration::ZERO, Profile::default())],
+        0x7ed4,
+    )
+    .await
+    .unwrap();
+    let mut doc = srv.join(room, "dr-nackup", Role::Physician).await;
+    let mut cart = srv
+        .join_with(
+            room,
+            "cart-nackup",
+            Role::Companion,
+            ClientOptions {
+                media_via: Some(uplink.addr()),
+                ..ClientOptions::default()
+            },
+        )
+        .await;
+    doc.send(ClientMsg::Admit {
+        participant_id: cart.participant_id.clone(),
+    })
+    .unwrap();
+    cart.wait_admitted(WAIT).await.unwrap();
+    let t = cart.publish(&[TrackLabel::Stethoscope]).await.unwrap();
+    assert!(!t[0].red);
+    let before = srv.server.sfu().stats().await.unwrap();
+    let sender = t[0].send_synthetic(
+        tag(5, TrackLabel::Stethoscope),
+        PACKETS,
+        Duration::from_millis(20),
+        80,
+    );
+    let t0 = Instant::now();
+    let heard = listen(take_tracks(&mut doc, 1).await.remove(0), t0, Duration::ZERO);
+    assert_eq!(sender.await.unwrap(), PACKETS);
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let after = srv.server.sfu().stats().await.unwrap();
+    let dropped = uplink.link_stats().0.dropped_loss;
+    let h = heard.lock().unwrap();
+    let first = *h.counters.first().unwrap();
+    let expected = (PACKETS - first) as usize;
+    let lost = 1.0 - h.counters.len() as f64 / expected as f64;
+    eprintln!(
+        "uplink dropped {dropped} datagrams (RTP and RTCP); the physician lost {:.2} % of \
+         {expected} stethoscope packets",
+        lost * 100.0
+    );
+    assert_eq!(h.corrupt, 0);
+    assert_eq!(after.red_recovered, before.red_recovered, "no RED here");
+    // The link lost packets; retransmission repaired them.
+    assert!(
+        dropped as f64 > 0.02 * f64::from(PACKETS),
+        "{dropped} dropped"
+    );
+    assert!(lost < 0.01, "residual loss {lost}");
 }
