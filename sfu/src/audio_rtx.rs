@@ -1,7 +1,9 @@
 //! Retransmission (NACK + RTX, RFC 4588) of Opus toward subscribers that negotiate it.
 //!
-//! On a thin, lossy link (100 kbit/s, 2 % loss) RED does not fit beside the audio, and a
-//! CELT-mode Opus stream (the stethoscope's) carries no in-band FEC: a lost packet is a gap.
+//! On a thin, lossy link (100 kbit/s, 2 % loss) RED does not fit beside the audio, and the
+//! stethoscope's constant-bitrate Opus (fullband, hybrid mode) carries in-band FEC only when
+//! libopus finds room for it (at 32 kbit/s and 2 % expected loss it does not): a lost packet
+//! is a gap.
 //! A retransmission costs only the lost packets (~2 % more audio) and, with a 400 ms playout
 //! budget and ~250 ms round trip, arrives in time. Our Rust peers (cart, tests, load tester)
 //! negotiate it; browsers offer neither `nack` nor `rtx` for audio and keep RED and FEC.
