@@ -6,6 +6,9 @@
 //! (original sequence number in the first two payload bytes) and hands it to the reader of the
 //! original stream, so NACK + RTX really recovers losses for our Rust peers.
 //!
+//! A repaired packet whose original already reached the reader is dropped: str0m also resends
+//! cached packets as padding when it probes the link, and a copy asked for twice comes twice.
+//!
 //! Register it *before* the default interceptors: it then sits next to the network, and the NACK
 //! generator above it sees repaired packets as received.
 
@@ -27,6 +30,54 @@ struct Shared {
     main_pt: HashMap<u32, u8>,
     /// Wakes the reader of an original stream when a repaired packet is queued for it.
     wake: HashMap<u32, Arc<Notify>>,
+    /// Sequence numbers each original stream's reader got lately.
+    seen: HashMap<u32, SeenWindow>,
+}
+
+/// Which of the last [`SeenWindow::SPAN`] sequence numbers of a stream were delivered
+/// (sans-I/O).
+#[derive(Debug, Default, Clone)]
+pub struct SeenWindow {
+    /// Highest sequence number seen, extended past wraps.
+    top: Option<i64>,
+    bits: [u64; SeenWindow::SPAN / 64],
+}
+
+impl SeenWindow {
+    pub const SPAN: usize = 1024;
+
+    fn slot(seq: i64) -> (usize, u64) {
+        let i = seq.rem_euclid(Self::SPAN as i64) as usize;
+        (i / 64, 1 << (i % 64))
+    }
+
+    /// Record `seq`; false if it was already delivered, or is too old to tell (then it is
+    /// of no use to a reader anyway).
+    pub fn insert(&mut self, seq: u16) -> bool {
+        let Some(top) = self.top else {
+            self.top = Some(i64::from(seq));
+            let (w, b) = Self::slot(i64::from(seq));
+            self.bits[w] |= b;
+            return true;
+        };
+        // The extended number nearest to the top.
+        let delta = i64::from(seq.wrapping_sub(top as u16) as i16);
+        let ext = top + delta;
+        if delta > 0 {
+            // Clear the slots the window moves past.
+            for s in (top + 1..=ext).take(Self::SPAN) {
+                let (w, b) = Self::slot(s);
+                self.bits[w] &= !b;
+            }
+            self.top = Some(ext);
+        } else if -delta >= Self::SPAN as i64 {
+            return false;
+        }
+        let (w, b) = Self::slot(ext);
+        let new = self.bits[w] & b == 0;
+        self.bits[w] |= b;
+        new
+    }
 }
 
 impl Shared {
@@ -94,6 +145,12 @@ impl RTPReader for RepairStreamReader {
     }
 }
 
+/// Record that the reader of `ssrc` gets `seq`; false if it already got it.
+fn shared_seen(shared: &Mutex<Shared>, ssrc: u32, seq: u16) -> bool {
+    let mut shared = shared.lock().unwrap_or_else(|p| p.into_inner());
+    shared.seen.entry(ssrc).or_default().insert(seq)
+}
+
 struct MainStreamReader {
     inner: Arc<dyn RTPReader + Send + Sync>,
     ssrc: u32,
@@ -117,6 +174,9 @@ impl RTPReader for MainStreamReader {
                 (repaired, shared.wake(self.ssrc))
             };
             if let Some(pkt) = repaired {
+                if !shared_seen(&self.shared, self.ssrc, pkt.header.sequence_number) {
+                    continue;
+                }
                 // Readers above may re-parse `buf`: give them the packet's bytes too.
                 if let Ok(bytes) = pkt.marshal() {
                     if bytes.len() <= buf.len() {
@@ -135,6 +195,7 @@ impl RTPReader for MainStreamReader {
             };
             let Some(r) = read else { continue };
             let (pkt, attr) = r?;
+            shared_seen(&self.shared, self.ssrc, pkt.header.sequence_number);
             // The stream info's payload type can be 0 here: learn the real one from the
             // packets. Not RED's: a RED packet is never retransmitted over RTX (RED carries
             // its own redundancy; str0m does not cache it), so a repaired packet is plain.
@@ -202,9 +263,36 @@ impl Interceptor for RtxRepair {
         shared.repaired.remove(&info.ssrc);
         shared.main_pt.remove(&info.ssrc);
         shared.wake.remove(&info.ssrc);
+        shared.seen.remove(&info.ssrc);
     }
 
     async fn close(&self) -> Result<(), webrtc::interceptor::Error> {
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_sequence_number_is_new_once_across_wraps_and_reordering() {
+        let mut w = SeenWindow::default();
+        assert!(w.insert(65_530));
+        assert!(w.insert(65_532));
+        // A repair of the gap, then the same again.
+        assert!(w.insert(65_531));
+        assert!(!w.insert(65_531));
+        // Across the wrap.
+        assert!(w.insert(3));
+        assert!(w.insert(65_535));
+        assert!(!w.insert(3));
+        assert!(!w.insert(65_532));
+        // Far ahead: the window moves, old slots are free again for new numbers.
+        assert!(w.insert(2_000));
+        assert!(w.insert(2_000 - 1_000));
+        assert!(!w.insert(2_000 - 1_000));
+        // Older than the window: not worth delivering.
+        assert!(!w.insert(2_000 - 1_024));
     }
 }
