@@ -283,8 +283,24 @@ async fn consultation_at_100_kbps_keeps_the_stethoscope() {
             .copied()
             .collect();
         delays.sort_unstable();
-        let p95 = delays.get(delays.len() * 95 / 100).copied().unwrap_or(0) / 1000;
+        let pct = |q: usize| delays.get(delays.len() * q / 100).copied().unwrap_or(0) / 1000;
+        let p95 = pct(95);
+        // Delay variation once the step down's queue has drained (the last 8 s of the window):
+        // the spread of what arrived first time, and where the resent packets land.
+        let settled_delays = |lo: usize, hi: usize| {
+            let mut d: Vec<u64> = in_window
+                .iter()
+                .filter(|i| sent_at(**i) >= window.1 - Duration::from_secs(8))
+                .filter_map(|i| received.get(i))
+                .copied()
+                .collect();
+            d.sort_unstable();
+            let at = |q: usize| d.get(d.len() * q / 100).copied().unwrap_or(0) / 1000;
+            (at(lo), at(50), at(hi))
+        };
+        let (s5, s50, s97) = settled_delays(5, 97);
         json!({
+            "settled_delay_p5_p50_p97_ms": [s5, s50, s97],
             "track": label.as_str(),
             "sent_in_window": in_window.len(),
             "arrived": arrived,
