@@ -145,12 +145,6 @@ impl RTPReader for RepairStreamReader {
     }
 }
 
-/// Record that the reader of `ssrc` gets `seq`; false if it already got it.
-fn shared_seen(shared: &Mutex<Shared>, ssrc: u32, seq: u16) -> bool {
-    let mut shared = shared.lock().unwrap_or_else(|p| p.into_inner());
-    shared.seen.entry(ssrc).or_default().insert(seq)
-}
-
 struct MainStreamReader {
     inner: Arc<dyn RTPReader + Send + Sync>,
     ssrc: u32,
@@ -167,16 +161,21 @@ impl RTPReader for MainStreamReader {
         loop {
             let (repaired, wake) = {
                 let mut shared = self.shared.lock().unwrap_or_else(|p| p.into_inner());
-                let repaired = shared
-                    .repaired
-                    .get_mut(&self.ssrc)
-                    .and_then(VecDeque::pop_front);
+                // The next repaired packet the reader has not had yet.
+                let repaired = loop {
+                    let next = shared
+                        .repaired
+                        .get_mut(&self.ssrc)
+                        .and_then(VecDeque::pop_front);
+                    let Some(pkt) = next else { break None };
+                    let seen = shared.seen.entry(self.ssrc).or_default();
+                    if seen.insert(pkt.header.sequence_number) {
+                        break Some(pkt);
+                    }
+                };
                 (repaired, shared.wake(self.ssrc))
             };
             if let Some(pkt) = repaired {
-                if !shared_seen(&self.shared, self.ssrc, pkt.header.sequence_number) {
-                    continue;
-                }
                 // Readers above may re-parse `buf`: give them the packet's bytes too.
                 if let Ok(bytes) = pkt.marshal() {
                     if bytes.len() <= buf.len() {
@@ -195,12 +194,13 @@ impl RTPReader for MainStreamReader {
             };
             let Some(r) = read else { continue };
             let (pkt, attr) = r?;
-            shared_seen(&self.shared, self.ssrc, pkt.header.sequence_number);
+            let mut shared = self.shared.lock().unwrap_or_else(|p| p.into_inner());
+            let seen = shared.seen.entry(self.ssrc).or_default();
+            seen.insert(pkt.header.sequence_number);
             // The stream info's payload type can be 0 here: learn the real one from the
             // packets. Not RED's: a RED packet is never retransmitted over RTX (RED carries
             // its own redundancy; str0m does not cache it), so a repaired packet is plain.
             if pkt.header.payload_type != crate::PT_RED {
-                let mut shared = self.shared.lock().unwrap_or_else(|p| p.into_inner());
                 shared.main_pt.insert(self.ssrc, pkt.header.payload_type);
             }
             return Ok((pkt, attr));
