@@ -33,7 +33,7 @@ pub const MAX_AGE: Duration = Duration::from_secs(2);
 /// A packet asked for is asked again only once a round trip has passed (the request to the
 /// SFU and its retransmission back), so the generator's fast ticks (`peer::NACK_INTERVAL`)
 /// do not ask for a copy already on its way: the SFU sends each one asked for. The round
-/// trip is measured as request → repaired packet, for requests answered at the first try.
+/// trip is measured as first request → repaired packet (see [`NackBudget::received`]).
 pub const RETRY_BEFORE_MEASURED: Duration = Duration::from_millis(200);
 /// Bounds of the spacing between two requests for the same packet.
 const RETRY_MIN: Duration = Duration::from_millis(50);
@@ -52,11 +52,11 @@ pub struct NackBudget {
 
 #[derive(Debug, Clone, Copy)]
 struct Asked {
+    /// First request (it always goes out).
     first: Instant,
     /// Last time the generator asked (sent or not).
     last: Instant,
-    /// First and last time a request went out.
-    first_sent: Instant,
+    /// Last time a request went out.
     sent: Instant,
     tries: u8,
 }
@@ -79,7 +79,6 @@ impl NackBudget {
                 let a = self.asked.entry((ssrc, *seq)).or_insert(Asked {
                     first: now,
                     last: now,
-                    first_sent: now,
                     sent: now,
                     tries: 0,
                 });
@@ -89,9 +88,6 @@ impl NackBudget {
                 }
                 if a.tries > 0 && now.saturating_duration_since(a.sent) < retry {
                     return false;
-                }
-                if a.tries == 0 {
-                    a.first_sent = now;
                 }
                 a.tries += 1;
                 a.sent = now;
@@ -112,10 +108,7 @@ impl NackBudget {
         let Some(a) = self.asked.remove(&(ssrc, seq)) else {
             return;
         };
-        if a.tries == 0 {
-            return;
-        }
-        let sample = now.saturating_duration_since(a.first_sent);
+        let sample = now.saturating_duration_since(a.first);
         self.srtt = Some(match self.srtt {
             None => sample,
             Some(s) => (s * 7 + sample) / 8,

@@ -804,13 +804,15 @@ impl Engine {
                 p.pending_offer = Some(pending);
                 // New audio m-sections get an RTX SSRC for retransmissions (`audio_rtx`).
                 let mut rtx = Vec::new();
-                for o in p.outs.iter_mut().filter(|_| p.audio_rtx) {
-                    if let (TrackKind::Audio, OutState::Negotiating, Some(mid), None) =
-                        (o.kind, o.state, o.mid, o.audio_rtx)
-                    {
-                        let ssrc = p.subscriber.rtc.direct_api().new_ssrc();
-                        o.audio_rtx = Some(ssrc);
-                        rtx.push((mid, ssrc));
+                if p.audio_rtx {
+                    for o in p.outs.iter_mut() {
+                        if let (TrackKind::Audio, OutState::Negotiating, Some(mid), None) =
+                            (o.kind, o.state, o.mid, o.audio_rtx)
+                        {
+                            let ssrc = p.subscriber.rtc.direct_api().new_ssrc();
+                            o.audio_rtx = Some(ssrc);
+                            rtx.push((mid, ssrc));
+                        }
                     }
                 }
                 let sdp = crate::audio_rtx::add_rtx_ssrcs(&offer.to_sdp_string(), &rtx);
