@@ -3,12 +3,17 @@
 //! also carries the receive path (routing, socket lookup, queueing, waking the reader), work a
 //! real network card would leave to the receiving machine. Compare with the CPU µs per
 //! forwarded packet of `benches/scale`.
+//!
+//! Two cases: readers kept busy (`send_to_200_bytes`: a tight loop, the reader rarely
+//! sleeps), and a reader asleep in `recv` at every send (`send_to_sleeping_reader`: the
+//! time of the `send_to` call alone, which then also wakes the reader's thread, as when the
+//! SFU forwards a packet to a load tester idle between packets).
 
 use criterion::{criterion_group, criterion_main, Criterion, Throughput};
 use std::net::UdpSocket;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 fn udp_loopback(c: &mut Criterion) {
     let receivers: Vec<UdpSocket> = (0..4)
@@ -50,6 +55,52 @@ fn udp_loopback(c: &mut Criterion) {
     for r in readers {
         let _ = r.join();
     }
+    sleeping_reader(c);
+}
+
+fn sleeping_reader(c: &mut Criterion) {
+    let receiver = UdpSocket::bind("127.0.0.1:0").expect("bind");
+    let addr = receiver.local_addr().expect("addr");
+    let received = Arc::new(AtomicU64::new(0));
+    let reader = {
+        let received = received.clone();
+        std::thread::spawn(move || {
+            let mut buf = [0u8; 2048];
+            // Blocks in `recv` between datagrams; an empty datagram ends it.
+            while let Ok((n, _)) = receiver.recv_from(&mut buf) {
+                if n == 0 {
+                    break;
+                }
+                received.fetch_add(1, Ordering::Release);
+            }
+        })
+    };
+    let sender = UdpSocket::bind("127.0.0.1:0").expect("bind");
+    let payload = [0x5au8; 200];
+    let mut group = c.benchmark_group("udp_loopback");
+    group.throughput(Throughput::Elements(1));
+    group.measurement_time(Duration::from_secs(3));
+    group.bench_function("send_to_sleeping_reader", |b| {
+        b.iter_custom(|iters| {
+            let mut in_send = Duration::ZERO;
+            for _ in 0..iters {
+                let before = received.load(Ordering::Acquire);
+                let start = Instant::now();
+                let _ = sender.send_to(&payload, addr);
+                in_send += start.elapsed();
+                // Wait (untimed) for the reader to take it and block again.
+                let deadline = Instant::now() + Duration::from_millis(100);
+                while received.load(Ordering::Acquire) == before && Instant::now() < deadline {
+                    std::thread::yield_now();
+                }
+                std::thread::sleep(Duration::from_micros(30));
+            }
+            in_send
+        })
+    });
+    group.finish();
+    let _ = sender.send_to(&[], addr);
+    let _ = reader.join();
 }
 
 criterion_group!(benches, udp_loopback);
