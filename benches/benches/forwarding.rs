@@ -36,37 +36,6 @@ fn forwarding(c: &mut Criterion) {
         });
     }
     group.finish();
-
-    // As the shards read: 8 datagrams of a batch handed in, the subscribers polled once at
-    // its end (str0m's pacer then releases all 8 packets in one timeout pass).
-    let mut group = c.benchmark_group("forward_batch_of_8");
-    group.measurement_time(Duration::from_secs(3));
-    group.warm_up_time(Duration::from_secs(1));
-    group.sample_size(20);
-    for fanout in [1usize, 10, 50] {
-        let mut call = InMemoryCall::new(fanout);
-        group.throughput(Throughput::Elements(fanout as u64 * 8));
-        group.bench_with_input(BenchmarkId::from_parameter(fanout), &fanout, |b, _| {
-            b.iter_custom(|iters| {
-                let datagrams = call.publisher_datagrams(iters as usize * 8);
-                let start = Instant::now();
-                let mut sent = 0;
-                for batch in datagrams.chunks(8) {
-                    let (during, at_end) = call.feed_batch(batch);
-                    sent += during + at_end;
-                }
-                let elapsed = start.elapsed();
-                let late = call.idle(Duration::from_millis(20));
-                assert_eq!(
-                    sent + late,
-                    datagrams.len() * fanout,
-                    "every packet forwarded"
-                );
-                elapsed
-            })
-        });
-    }
-    group.finish();
 }
 
 criterion_group!(benches, forwarding);

@@ -295,28 +295,6 @@ impl InMemoryCall {
         sent
     }
 
-    /// Hand several publisher datagrams to the SFU as one read batch (as its shards do):
-    /// returns the RTP datagrams sent while receiving them and those sent when the batch
-    /// ended.
-    pub fn feed_batch(&mut self, datagrams: &[Vec<u8>]) -> (usize, usize) {
-        let mut during = 0usize;
-        for d in datagrams {
-            self.engine.receive_datagram(
-                self.now,
-                self.publisher.addr,
-                d,
-                &mut |_: SocketAddr, d: &[u8]| during += usize::from(is_rtp(d)),
-            );
-        }
-        let mut at_end = 0usize;
-        self.engine
-            .flush_forwarded(self.now, &mut |_: SocketAddr, d: &[u8]| {
-                at_end += usize::from(is_rtp(d));
-                std::hint::black_box(d);
-            });
-        (during, at_end)
-    }
-
     /// Advance virtual time by `d` without traffic (timers only), for long runs; returns the
     /// RTP datagrams the timers released.
     pub fn idle(&mut self, d: Duration) -> usize {
@@ -375,19 +353,5 @@ mod tests {
         for (b, a) in before.iter().zip(call.received_per_subscriber()) {
             assert!(a >= b + 10, "subscriber got {} new packets", a - b);
         }
-    }
-
-    #[test]
-    fn a_batch_is_forwarded_when_it_ends() {
-        let mut call = InMemoryCall::new(3);
-        let warm = call.publisher_datagrams(1);
-        assert_eq!(call.feed(&warm[0]), 3);
-        let batch = call.publisher_datagrams(5);
-        assert_eq!(
-            call.feed_batch(&batch),
-            (0, 15),
-            "held until the batch ends, then all"
-        );
-        assert_eq!(call.feed_batch(&[]), (0, 0), "nothing left behind");
     }
 }

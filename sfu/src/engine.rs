@@ -134,10 +134,6 @@ pub struct Engine {
     departed: MediaTotals,
     /// Peers with new input to poll.
     dirty: Vec<PeerKey>,
-    /// Subscribers written to since the last [`Engine::flush_forwarded`]: polled once for a
-    /// whole batch of input datagrams (str0m's pacer releases what was written on a timeout
-    /// pass over the connection, so one pass per batch instead of one per packet).
-    forwarded: Vec<u64>,
     /// Scratch buffers reused across packets.
     events: Vec<(PeerKey, Event)>,
     fanout: Vec<u64>,
@@ -179,7 +175,6 @@ impl Engine {
             stats: SfuStats::default(),
             departed: MediaTotals::default(),
             dirty: Vec::new(),
-            forwarded: Vec::new(),
             events: Vec::new(),
             fanout: Vec::new(),
             keyframes_due: Vec::new(),
@@ -228,22 +223,8 @@ impl Engine {
             .fold(now + MAX_SLEEP, Instant::min)
     }
 
-    /// One datagram from the UDP socket, and what it caused sent at once.
+    /// One datagram from the UDP socket.
     pub fn handle_datagram(
-        &mut self,
-        now: Instant,
-        source: SocketAddr,
-        buf: &[u8],
-        tx: &mut impl Transmit,
-    ) {
-        self.receive_datagram(now, source, buf, tx);
-        self.flush_forwarded(now, tx);
-    }
-
-    /// One datagram of a batch: the peer it came from is polled at once, but the media it
-    /// forwards waits in its subscribers' connections for [`Engine::flush_forwarded`], to be
-    /// called once the batch is read.
-    pub fn receive_datagram(
         &mut self,
         now: Instant,
         source: SocketAddr,
@@ -349,7 +330,6 @@ impl Engine {
             self.clear_idle_resend_caches(now);
         }
         self.drain(now, tx);
-        self.flush_forwarded(now, tx);
     }
 
     pub fn handle_command(&mut self, now: Instant, cmd: Command, tx: &mut impl Transmit) {
@@ -462,7 +442,6 @@ impl Engine {
             }
         }
         self.drain(now, tx);
-        self.flush_forwarded(now, tx);
     }
 
     fn key(&self, id: &str) -> Option<u64> {
@@ -1268,22 +1247,6 @@ impl Engine {
         self.drain(now, tx);
     }
 
-    /// Send what the datagrams received since the last call forwarded: each subscriber
-    /// written to is polled once.
-    pub fn flush_forwarded(&mut self, now: Instant, tx: &mut impl Transmit) {
-        if self.forwarded.is_empty() {
-            return;
-        }
-        self.forwarded.sort_unstable();
-        self.forwarded.dedup();
-        self.dirty.extend(
-            self.forwarded
-                .drain(..)
-                .map(|key| (key, PeerTarget::Subscriber)),
-        );
-        self.drain(now, tx);
-    }
-
     fn drain(&mut self, now: Instant, tx: &mut impl Transmit) {
         while let Some(key) = self.dirty.pop() {
             self.poll_peer(now, key, tx);
@@ -1627,7 +1590,7 @@ impl Engine {
             }
             stream.write_rtp(write);
             self.stats.rtp_forwarded += 1;
-            self.forwarded.push(sub);
+            self.dirty.push((sub, PeerTarget::Subscriber));
         }
     }
 }

@@ -18,40 +18,18 @@ use tokio::sync::mpsc::{UnboundedReceiver, UnboundedSender};
 use tracing::{error, info, warn};
 
 pub(crate) enum ShardInput {
-    /// Datagrams another shard read for our rooms, in one batch.
-    Datagrams(HandedOver),
+    /// A datagram another shard read for one of our rooms.
+    Datagram {
+        source: SocketAddr,
+        data: Vec<u8>,
+        /// When it was read from the socket.
+        received: Instant,
+    },
     Command(Command),
 }
 
-/// Datagrams read by one shard for another's rooms, handed over together (one wake-up of
-/// the owner per batch, not per datagram).
-#[derive(Default)]
-pub(crate) struct HandedOver {
-    bytes: Vec<u8>,
-    /// Source, offset and length in `bytes`.
-    items: Vec<(SocketAddr, usize, usize)>,
-    /// When the first of them was read from the socket.
-    received: Option<Instant>,
-}
-
-impl HandedOver {
-    fn push(&mut self, source: SocketAddr, data: &[u8], received: Instant) {
-        self.received.get_or_insert(received);
-        self.items.push((source, self.bytes.len(), data.len()));
-        self.bytes.extend_from_slice(data);
-    }
-
-    fn datagrams(&self) -> impl Iterator<Item = (SocketAddr, &[u8])> {
-        self.items
-            .iter()
-            .map(|(source, start, len)| (*source, &self.bytes[*start..*start + *len]))
-    }
-}
-
-/// Datagrams read per readiness, and inputs taken per turn, before timers get a turn. The
-/// media a batch forwards leaves together at its end, so this also bounds how long the
-/// batch's first datagram waits for the others (a few µs each).
-const BATCH: usize = 32;
+/// Datagrams read per readiness, and inputs taken per turn, before timers get a turn.
+const BATCH: usize = 64;
 
 pub(crate) struct Shard {
     pub id: ShardId,
@@ -67,10 +45,8 @@ pub(crate) struct Shard {
 struct IoStats {
     send_failures: u64,
     forward_delay: DelayHistogram,
-    /// What the engine sends while handling one batch of inputs, sent together afterwards.
+    /// What the engine sends while handling one input, sent together afterwards.
     batch: SendBatch,
-    /// Datagrams of this batch for other shards' rooms (index = shard id).
-    handover: Vec<HandedOver>,
 }
 
 impl IoStats {
@@ -78,8 +54,7 @@ impl IoStats {
         self.batch.push(to, data);
     }
 
-    /// Send what was queued; `received`: when the (first) input that caused it was read, so
-    /// that a batch's delay counts from its first datagram (an upper bound for the others).
+    /// Send what was queued; `received`: when the input that caused it was read.
     fn flush(&mut self, socket: &UdpSocket, received: Option<Instant>) {
         let n = self.batch.items.len();
         if n == 0 {
@@ -238,8 +213,6 @@ pub(crate) fn run(shard: Shard, socket: std::net::UdpSocket) {
 
 async fn serve(mut shard: Shard, socket: UdpSocket) {
     let mut io = IoStats::default();
-    io.handover
-        .resize_with(shard.peers.len(), HandedOver::default);
     let mut buf = vec![0u8; 2048];
     while !shard.stop.load(Ordering::Relaxed) {
         let deadline = shard.engine.next_timeout(Instant::now());
@@ -249,14 +222,9 @@ async fn serve(mut shard: Shard, socket: UdpSocket) {
                     warn!("UDP socket not readable: {e}");
                     continue;
                 }
-                let mut first: Option<Instant> = None;
                 for _ in 0..BATCH {
                     match socket.try_recv_from(&mut buf) {
-                        Ok((n, source)) => {
-                            let received = Instant::now();
-                            first.get_or_insert(received);
-                            shard.on_datagram(&mut io, source, &buf[..n], received);
-                        }
+                        Ok((n, source)) => shard.on_datagram(&socket, &mut io, source, &buf[..n]),
                         Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
                         // ICMP port unreachable and the like surface here: not fatal.
                         Err(e) => {
@@ -265,24 +233,16 @@ async fn serve(mut shard: Shard, socket: UdpSocket) {
                         }
                     }
                 }
-                shard.end_batch(&socket, &mut io, first);
             }
             input = shard.inputs.recv() => {
                 let Some(input) = input else { break };
-                let mut first = shard.on_input(&socket, &mut io, input);
+                shard.on_input(&socket, &mut io, input);
                 for _ in 1..BATCH {
                     match shard.inputs.try_recv() {
-                        Ok(input) => {
-                            let received = shard.on_input(&socket, &mut io, input);
-                            first = match (first, received) {
-                                (Some(a), Some(b)) => Some(a.min(b)),
-                                (a, b) => a.or(b),
-                            };
-                        }
+                        Ok(input) => shard.on_input(&socket, &mut io, input),
                         Err(_) => break,
                     }
                 }
-                shard.end_batch(&socket, &mut io, first);
             }
             _ = tokio::time::sleep_until(deadline.into()) => {}
         }
@@ -297,65 +257,58 @@ async fn serve(mut shard: Shard, socket: UdpSocket) {
 }
 
 impl Shard {
-    /// One datagram read from the socket: handled here if its room is ours, else kept for
-    /// the shard that owns it.
-    fn on_datagram(&mut self, io: &mut IoStats, source: SocketAddr, buf: &[u8], received: Instant) {
+    fn on_datagram(
+        &mut self,
+        socket: &UdpSocket,
+        io: &mut IoStats,
+        source: SocketAddr,
+        buf: &[u8],
+    ) {
+        let received = Instant::now();
         match self.router.route(source, buf) {
-            Some(owner) if owner == self.id => self.receive_datagram(io, source, buf),
+            Some(owner) if owner == self.id => {
+                self.handle_datagram(socket, io, source, buf, received)
+            }
             Some(owner) => {
-                if let Some(h) = io.handover.get_mut(owner) {
-                    h.push(source, buf, received);
-                }
+                let _ = self.peers[owner].send(ShardInput::Datagram {
+                    source,
+                    data: buf.to_vec(),
+                    received,
+                });
             }
             None => {}
         }
     }
 
-    fn receive_datagram(&mut self, io: &mut IoStats, source: SocketAddr, buf: &[u8]) {
+    fn handle_datagram(
+        &mut self,
+        socket: &UdpSocket,
+        io: &mut IoStats,
+        source: SocketAddr,
+        buf: &[u8],
+        received: Instant,
+    ) {
         let mut send = |to: SocketAddr, d: &[u8]| io.queue(to, d);
         // The engine's clock is read here, not at the socket: it must never go back.
         let engine = &mut self.engine;
         contain("datagram", || {
-            engine.receive_datagram(Instant::now(), source, buf, &mut send)
+            engine.handle_datagram(Instant::now(), source, buf, &mut send)
         });
+        io.flush(socket, Some(received));
     }
 
-    /// After a batch of inputs: what they forwarded goes out (one `sendmmsg`), and the
-    /// datagrams read for other shards are handed over.
-    fn end_batch(&mut self, socket: &UdpSocket, io: &mut IoStats, first: Option<Instant>) {
-        let mut send = |to: SocketAddr, d: &[u8]| io.queue(to, d);
-        let engine = &mut self.engine;
-        contain("forwarding", || {
-            engine.flush_forwarded(Instant::now(), &mut send)
-        });
-        io.flush(socket, first);
-        for (owner, h) in io.handover.iter_mut().enumerate() {
-            if !h.items.is_empty() {
-                let _ = self.peers[owner].send(ShardInput::Datagrams(std::mem::take(h)));
-            }
-        }
-    }
-
-    /// One input from the shard's channel; returns when its datagrams were read, if any.
-    fn on_input(
-        &mut self,
-        socket: &UdpSocket,
-        io: &mut IoStats,
-        input: ShardInput,
-    ) -> Option<Instant> {
+    fn on_input(&mut self, socket: &UdpSocket, io: &mut IoStats, input: ShardInput) {
         match input {
-            ShardInput::Datagrams(handed) => {
-                for (source, data) in handed.datagrams() {
-                    self.receive_datagram(io, source, data);
-                }
-                handed.received
-            }
+            ShardInput::Datagram {
+                source,
+                data,
+                received,
+            } => self.handle_datagram(socket, io, source, &data, received),
             ShardInput::Command(Command::Stats { reply }) => {
                 let mut stats = self.engine.stats();
                 stats.send_failures = io.send_failures;
                 stats.forward_delay = io.forward_delay.clone();
                 let _ = reply.send(stats);
-                None
             }
             ShardInput::Command(cmd) => {
                 let mut send = |to: SocketAddr, d: &[u8]| io.queue(to, d);
@@ -364,7 +317,6 @@ impl Shard {
                     engine.handle_command(Instant::now(), cmd, &mut send)
                 });
                 io.flush(socket, None);
-                None
             }
         }
     }
