@@ -5,9 +5,10 @@
 #                           loopback-only network namespace, Node.js + npm where missing
 #   install-deps.sh bench   the test packages, matplotlib for the benches' plots, curl
 #   install-deps.sh compare the bench packages and Janus (the SFU benches/compare measures us against)
+#   install-deps.sh profile the bench packages and perf (benches/profile)
 set -euo pipefail
 packages=(build-essential pkg-config ca-certificates)
-if [ "${1:-test}" = test ] || [ "${1:-}" = bench ] || [ "${1:-}" = compare ]; then
+if [ "${1:-test}" = test ] || [ "${1:-}" = bench ] || [ "${1:-}" = compare ] || [ "${1:-}" = profile ]; then
   packages+=(libopus-dev ffmpeg chromium iproute2 util-linux)
   command -v node >/dev/null || packages+=(nodejs)
   command -v npm >/dev/null || packages+=(npm)
@@ -15,6 +16,7 @@ fi
 case "${1:-}" in
   bench) packages+=(python3-matplotlib curl) ;;
   compare) packages+=(python3-matplotlib curl janus) ;;
+  profile) packages+=(python3-matplotlib curl linux-perf) ;;
 esac
 missing=()
 for p in "${packages[@]}"; do
