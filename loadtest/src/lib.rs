@@ -351,6 +351,7 @@ fn build_report(
             datagrams_in: d("consult_sfu_datagrams_in_total"),
             datagrams_dropped: d("consult_sfu_datagrams_dropped_total"),
             send_failures: d("consult_sfu_send_failures_total"),
+            datagrams_handed_over: d("consult_sfu_datagrams_handed_over_total"),
             rtp_in: d("consult_sfu_rtp_in_total"),
             rtp_forwarded: d("consult_sfu_rtp_forwarded_total"),
             packets_out: d("consult_sfu_packets_out_total"),

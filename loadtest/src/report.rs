@@ -99,6 +99,8 @@ pub struct ServerCounters {
     pub datagrams_in: f64,
     pub datagrams_dropped: f64,
     pub send_failures: f64,
+    /// Datagrams one SFU shard read for another's room.
+    pub datagrams_handed_over: f64,
     pub rtp_in: f64,
     pub rtp_forwarded: f64,
     pub packets_out: f64,
@@ -349,8 +351,8 @@ impl Report {
         if let Some(c) = &v.counters {
             let _ = writeln!(
                 s,
-                "  window counters: rtp in {}, forwarded {}, datagrams dropped {}, send failures {}, NACKs in {} out {}, PLIs in {}, keyframe requests out {}",
-                c.rtp_in, c.rtp_forwarded, c.datagrams_dropped, c.send_failures, c.nacks_received, c.nacks_sent, c.plis_received, c.keyframe_requests_sent
+                "  window counters: rtp in {}, forwarded {}, datagrams dropped {}, send failures {}, handed between shards {}, NACKs in {} out {}, PLIs in {}, keyframe requests out {}",
+                c.rtp_in, c.rtp_forwarded, c.datagrams_dropped, c.send_failures, c.datagrams_handed_over, c.nacks_received, c.nacks_sent, c.plis_received, c.keyframe_requests_sent
             );
         }
         s

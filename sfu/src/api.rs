@@ -141,6 +141,8 @@ pub struct SfuStats {
     pub dropped_malformed: u64,
     /// Datagrams the socket refused to send (buffer full): lost as on a congested link.
     pub send_failures: u64,
+    /// Datagrams read by one shard for another shard's room and handed over to it.
+    pub datagrams_handed_over: u64,
     /// Time from reading a datagram to each send it causes (measured by the I/O loop).
     pub forward_delay: crate::delay::DelayHistogram,
     pub rtp_in: u64,
@@ -169,6 +171,7 @@ impl SfuStats {
         self.red_recovered += o.red_recovered;
         self.keyframe_requests_sent += o.keyframe_requests_sent;
         self.send_failures += o.send_failures;
+        self.datagrams_handed_over += o.datagrams_handed_over;
         self.media.add(&o.media);
         self.forward_delay.add(&o.forward_delay);
         self.peers.extend(o.peers.iter().cloned());

@@ -49,6 +49,9 @@ pub struct Demux {
     /// The shards' shared routing table, when this engine is one shard of several: our ufrags are
     /// registered there so that STUN for them reaches this shard.
     shared: Option<(Arc<Router>, ShardId)>,
+    /// Addresses learned (true) or forgotten (false) since last taken, when shared: the
+    /// shard opens or closes a connected socket for each (see `crate::steering`).
+    changes: Vec<(SocketAddr, bool)>,
 }
 
 impl Demux {
@@ -83,10 +86,12 @@ impl Demux {
         if let Some((r, shard)) = shared {
             r.remove_ufrag(ufrag, *shard);
         }
+        let changes = &mut self.changes;
         self.by_addr.retain(|addr, k| {
             let keep = *k != key;
             if let (false, Some((r, shard))) = (keep, shared) {
                 r.forget_addr(addr, *shard);
+                changes.push((*addr, false));
             }
             keep
         });
@@ -94,9 +99,17 @@ impl Demux {
 
     /// Called for every datagram a peer sends: its destination is a verified address.
     pub fn learn(&mut self, addr: SocketAddr, key: PeerKey) {
-        if self.by_addr.get(&addr) != Some(&key) {
-            self.by_addr.insert(addr, key);
+        if self.by_addr.get(&addr) != Some(&key)
+            && self.by_addr.insert(addr, key).is_none()
+            && self.shared.is_some()
+        {
+            self.changes.push((addr, true));
         }
+    }
+
+    /// Addresses learned (true) or forgotten (false) since the last call.
+    pub fn take_changes(&mut self) -> std::vec::Drain<'_, (SocketAddr, bool)> {
+        self.changes.drain(..)
     }
 
     /// The peer a datagram belongs to, or `None` to drop it.
@@ -144,6 +157,26 @@ mod tests {
         assert_eq!(d.route(addr(5000), &rtp), Some(key));
         d.remove_peer("abcd", key);
         assert_eq!(d.route(addr(5000), &rtp), None);
+    }
+
+    #[test]
+    fn a_shard_hears_of_addresses_learned_and_forgotten() {
+        let mut d = Demux::shared(Arc::new(Router::default()), 0);
+        let key = (3, PeerTarget::Subscriber);
+        d.add_peer("abcd".into(), key);
+        d.learn(addr(6000), key);
+        d.learn(addr(6000), key);
+        d.learn(addr(6001), key);
+        let learned: Vec<_> = d.take_changes().collect();
+        assert_eq!(learned, [(addr(6000), true), (addr(6001), true)]);
+        d.remove_peer("abcd", key);
+        let mut forgotten: Vec<_> = d.take_changes().collect();
+        forgotten.sort();
+        assert_eq!(forgotten, [(addr(6000), false), (addr(6001), false)]);
+        // A lone engine keeps no such list.
+        let mut alone = Demux::default();
+        alone.learn(addr(6000), key);
+        assert_eq!(alone.take_changes().count(), 0);
     }
 
     #[test]

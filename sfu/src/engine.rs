@@ -215,6 +215,11 @@ impl Engine {
         }
     }
 
+    /// Peer addresses learned (true) or forgotten (false) since the last call.
+    pub fn take_address_changes(&mut self) -> std::vec::Drain<'_, (SocketAddr, bool)> {
+        self.demux.take_changes()
+    }
+
     /// When the engine next needs [`Engine::handle_timeout`].
     pub fn next_timeout(&self, now: Instant) -> Instant {
         self.participants

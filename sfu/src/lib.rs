@@ -26,6 +26,7 @@ pub mod router;
 pub mod runner;
 mod shard;
 pub mod stats;
+mod steering;
 mod track;
 
 pub use api::{PeerReport, SfuError, SfuEvent, SfuHandle, SfuStats, TapPacket};

@@ -66,6 +66,9 @@ pub async fn start(config: SfuConfig) -> io::Result<SfuHandle> {
         .threads
         .filter(|n| *n > 0)
         .unwrap_or_else(|| std::thread::available_parallelism().map_or(1, |n| n.get()));
+    // Half of the descriptors go to connected sockets (one per client address, spread over
+    // the shards), the rest stays for connections, files and recordings.
+    let steering_sockets = raise_descriptor_limit() / 2 / threads;
     let router = Arc::new(Router::default());
     let stop = Arc::new(AtomicBool::new(false));
     let (senders, receivers): (Vec<_>, Vec<_>) =
@@ -78,6 +81,7 @@ pub async fn start(config: SfuConfig) -> io::Result<SfuHandle> {
             peers: senders.clone(),
             inputs,
             stop: stop.clone(),
+            steering_sockets,
         };
         // One socket per shard on the same port (SO_REUSEPORT): the kernel spreads clients
         // across them by address, and wakes one shard per datagram.
@@ -92,6 +96,33 @@ pub async fn start(config: SfuConfig) -> io::Result<SfuHandle> {
     }
     info!(%local, %advertised, threads, "SFU listening on UDP");
     Ok(SfuHandle::new(local, senders, router, stop))
+}
+
+/// Raise the soft limit on open descriptors to the hard one (the soft default, 1024, is low
+/// for a server holding a socket per client); returns the limit now in force.
+fn raise_descriptor_limit() -> usize {
+    let mut limit = libc::rlimit {
+        rlim_cur: 0,
+        rlim_max: 0,
+    };
+    // SAFETY: `limit` is a valid rlimit for the call to fill in.
+    if unsafe { libc::getrlimit(libc::RLIMIT_NOFILE, &mut limit) } != 0 {
+        return 1024;
+    }
+    if limit.rlim_cur < limit.rlim_max {
+        let raised = libc::rlimit {
+            rlim_cur: limit.rlim_max,
+            rlim_max: limit.rlim_max,
+        };
+        // SAFETY: `raised` is a valid rlimit; raising the soft limit up to the hard one is
+        // allowed without privileges.
+        if unsafe { libc::setrlimit(libc::RLIMIT_NOFILE, &raised) } == 0 {
+            limit = raised;
+        }
+    }
+    usize::try_from(limit.rlim_cur)
+        .unwrap_or(usize::MAX)
+        .min(1 << 20)
 }
 
 /// Socket buffers asked for: one socket carries every consultation, and a few milliseconds of

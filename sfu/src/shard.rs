@@ -8,6 +8,7 @@ use crate::api::Command;
 use crate::delay::DelayHistogram;
 use crate::engine::Engine;
 use crate::router::{Router, ShardId};
+use crate::steering::Steering;
 use std::io;
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -39,11 +40,14 @@ pub(crate) struct Shard {
     pub peers: Vec<UnboundedSender<ShardInput>>,
     pub inputs: UnboundedReceiver<ShardInput>,
     pub stop: Arc<AtomicBool>,
+    /// Connected sockets this shard may open (see `crate::steering`).
+    pub steering_sockets: usize,
 }
 
 #[derive(Default)]
 struct IoStats {
     send_failures: u64,
+    handed_over: u64,
     forward_delay: DelayHistogram,
     /// What the engine sends while handling one input, sent together afterwards.
     batch: SendBatch,
@@ -214,8 +218,17 @@ pub(crate) fn run(shard: Shard, socket: std::net::UdpSocket) {
 async fn serve(mut shard: Shard, socket: UdpSocket) {
     let mut io = IoStats::default();
     let mut buf = vec![0u8; 2048];
+    // With one shard nothing is ever handed over: no connected sockets needed.
+    let mut steering = match socket.local_addr() {
+        Ok(local) if shard.peers.len() > 1 => Steering::new(local, shard.steering_sockets)
+            .map_err(|e| warn!("SFU shard {}: no connected sockets: {e}", shard.id))
+            .ok(),
+        _ => None,
+    };
     while !shard.stop.load(Ordering::Relaxed) {
         let deadline = shard.engine.next_timeout(Instant::now());
+        let steered_ready = steering.as_ref().is_some_and(|s| s.has_ready());
+        let steered_wait = steering.as_ref().is_some_and(|s| !s.is_empty()) && !steered_ready;
         tokio::select! {
             r = socket.readable() => {
                 if let Err(e) = r {
@@ -234,6 +247,17 @@ async fn serve(mut shard: Shard, socket: UdpSocket) {
                     }
                 }
             }
+            r = async {
+                match steering.as_mut() {
+                    Some(s) => s.wait().await,
+                    None => std::future::pending().await,
+                }
+            }, if steered_wait => {
+                if let Err(e) = r {
+                    warn!("connected sockets not readable: {e}");
+                }
+            }
+            _ = std::future::ready(()), if steered_ready => {}
             input = shard.inputs.recv() => {
                 let Some(input) = input else { break };
                 shard.on_input(&socket, &mut io, input);
@@ -245,6 +269,23 @@ async fn serve(mut shard: Shard, socket: UdpSocket) {
                 }
             }
             _ = tokio::time::sleep_until(deadline.into()) => {}
+        }
+        // Datagrams of peers that have a connected socket (bounded, as above).
+        if let Some(s) = steering.as_mut() {
+            for _ in 0..BATCH {
+                let Some((n, source)) = s.recv(&mut buf) else {
+                    break;
+                };
+                shard.on_datagram(&socket, &mut io, source, &buf[..n]);
+            }
+        }
+        // One connected socket per peer address the engine verified, closed when forgotten.
+        for (addr, learned) in shard.engine.take_address_changes() {
+            match steering.as_mut() {
+                Some(s) if learned => s.add(addr),
+                Some(s) => s.remove(addr),
+                None => {}
+            }
         }
         let now = Instant::now();
         if shard.engine.next_timeout(now) <= now {
@@ -270,6 +311,7 @@ impl Shard {
                 self.handle_datagram(socket, io, source, buf, received)
             }
             Some(owner) => {
+                io.handed_over += 1;
                 let _ = self.peers[owner].send(ShardInput::Datagram {
                     source,
                     data: buf.to_vec(),
@@ -307,6 +349,7 @@ impl Shard {
             ShardInput::Command(Command::Stats { reply }) => {
                 let mut stats = self.engine.stats();
                 stats.send_failures = io.send_failures;
+                stats.datagrams_handed_over = io.handed_over;
                 stats.forward_delay = io.forward_delay.clone();
                 let _ = reply.send(stats);
             }

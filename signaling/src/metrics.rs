@@ -51,7 +51,7 @@ impl Metrics {
         .expect("valid metric");
         r.register(Box::new(participants.clone()))
             .expect("unique metric");
-        let counter_defs: [(&str, &str, ReadCounter); 16] = [
+        let counter_defs: [(&str, &str, ReadCounter); 17] = [
             (
                 "consult_sfu_datagrams_in_total",
                 "UDP datagrams received",
@@ -131,6 +131,11 @@ impl Metrics {
                 "consult_sfu_send_failures_total",
                 "Datagrams the UDP socket refused to send (buffer full)",
                 |s| s.send_failures,
+            ),
+            (
+                "consult_sfu_datagrams_handed_over_total",
+                "Datagrams read by one SFU shard for another shard's room",
+                |s| s.datagrams_handed_over,
             ),
         ];
         let counters = counter_defs
