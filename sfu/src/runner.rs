@@ -84,7 +84,8 @@ pub async fn start(config: SfuConfig) -> io::Result<SfuHandle> {
             steering_sockets,
         };
         // One socket per shard on the same port (SO_REUSEPORT): the kernel spreads clients
-        // across them by address, and wakes one shard per datagram.
+        // across them by address, and wakes one shard per datagram, until the owning shard
+        // has a socket connected to the client (`steering`), which the kernel prefers.
         let socket: std::net::UdpSocket = if id == 0 {
             socket.try_clone()?.into()
         } else {

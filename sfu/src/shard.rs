@@ -1,8 +1,10 @@
 //! One shard of the media plane: a thread with its own single-threaded tokio runtime, owning
-//! an [`Engine`] (whole rooms). Every shard reads the one UDP socket: a datagram for a room it
+//! an [`Engine`] (whole rooms). Every shard reads the one UDP port: a datagram for a room it
 //! owns is handled at once; one for another shard's room is handed to that shard (see
-//! [`crate::router`]). With one shard nothing is ever handed over. Sends never wait: a full
-//! socket buffer drops the datagram, as a network would.
+//! [`crate::router`]). With several shards, each also reads the sockets it connected to its
+//! clients' verified addresses (see [`crate::steering`]), so that once a client is known its
+//! datagrams come straight to its shard. With one shard nothing is ever handed over. Sends
+//! never wait: a full socket buffer drops the datagram, as a network would.
 
 use crate::api::Command;
 use crate::delay::DelayHistogram;
