@@ -131,7 +131,9 @@ fn raise_descriptor_limit() -> usize {
 /// (~208 KiB). The kernel caps the request at `net.core.rmem_max` / `wmem_max`.
 const SOCKET_BUFFER_BYTES: usize = 8 << 20;
 
-fn bind_udp(addr: SocketAddr, first: bool) -> io::Result<socket2::Socket> {
+/// A non-blocking UDP socket on `addr` with SO_REUSEPORT and large buffers; `first` logs the
+/// buffer sizes the kernel granted.
+pub(crate) fn bind_udp(addr: SocketAddr, first: bool) -> io::Result<socket2::Socket> {
     use socket2::{Domain, Protocol, Socket, Type};
     let socket = Socket::new(Domain::for_address(addr), Type::DGRAM, Some(Protocol::UDP))?;
     socket.set_reuse_port(true)?;

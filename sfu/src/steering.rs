@@ -86,11 +86,7 @@ impl Steering {
     }
 
     fn open(&mut self, peer: SocketAddr) -> io::Result<()> {
-        use socket2::{Domain, Protocol, Socket, Type};
-        let socket = Socket::new(Domain::for_address(peer), Type::DGRAM, Some(Protocol::UDP))?;
-        socket.set_reuse_port(true)?;
-        socket.set_nonblocking(true)?;
-        socket.bind(&self.local.into())?;
+        let socket = crate::runner::bind_udp(self.local, false)?;
         socket.connect(&peer.into())?;
         let socket: UdpSocket = socket.into();
         let token = self.next_token;
@@ -196,13 +192,7 @@ mod tests {
     use std::time::Duration;
 
     fn bind_reuse(addr: SocketAddr) -> UdpSocket {
-        use socket2::{Domain, Protocol, Socket, Type};
-        let s = Socket::new(Domain::for_address(addr), Type::DGRAM, Some(Protocol::UDP))
-            .expect("socket");
-        s.set_reuse_port(true).expect("reuseport");
-        s.bind(&addr.into()).expect("bind");
-        s.set_nonblocking(true).expect("nonblocking");
-        s.into()
+        crate::runner::bind_udp(addr, false).expect("bind").into()
     }
 
     #[tokio::test]
