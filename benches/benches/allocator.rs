@@ -14,12 +14,14 @@ fn demands(videos: usize, layers: usize) -> Vec<TrackDemand<u32>> {
             label: TrackLabel::Stethoscope,
             layers: vec![70_000],
             pinned: false,
+            speaking: false,
         },
         TrackDemand {
             key: 1,
             label: TrackLabel::Microphone,
             layers: vec![40_000],
             pinned: false,
+            speaking: false,
         },
     ];
     for i in 0..videos {
@@ -33,6 +35,7 @@ fn demands(videos: usize, layers: usize) -> Vec<TrackDemand<u32>> {
             },
             layers: (0..layers).map(|l| top >> (2 * (layers - 1 - l))).collect(),
             pinned: false,
+            speaking: false,
         });
     }
     t

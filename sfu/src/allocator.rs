@@ -1,11 +1,13 @@
 //! Per-subscriber bandwidth allocation by clinical priority (sans-I/O).
 //!
-//! Each subscriber's downlink estimate is split across the tracks it receives: audio first
-//! (the stethoscope before speech; audio is never paused), then video by rank — a track the
-//! physician pinned, then examination video (otoscope), shared screen, faces (camera). A video
-//! track gets the highest layer that fits what is left; one whose lowest layer does not fit is
-//! paused rather than sent at a rate the link cannot carry. With every video track paused the
-//! subscriber is in *audio-only* mode.
+//! Each subscriber's downlink estimate is split across the tracks it receives: audio first —
+//! the stethoscope (never paused), then the participant speaking (voice activity), then other
+//! speech — then video by rank: a track the physician pinned, then examination video
+//! (otoscope), shared screen, faces (camera). Speech that does not fit beside the stethoscope
+//! is paused for that subscriber (lowest rank first) rather than sent into a queue where it
+//! would delay the stethoscope. A video track gets the highest layer that fits what is left;
+//! one whose lowest layer does not fit is paused rather than sent at a rate the link cannot
+//! carry. With every video track paused the subscriber is in *audio-only* mode.
 //!
 //! Against oscillation: going down is immediate (audio must not queue behind video), going up
 //! needs [`UP_MARGIN`] of room above the layer's rate, held for [`UPGRADE_HOLD`].
@@ -18,6 +20,9 @@ use std::time::{Duration, Instant};
 /// Share of the estimate media may use; the rest is left for RTCP, retransmissions and
 /// estimation error.
 pub const USABLE_SHARE: f64 = 0.9;
+/// Kept out of every budget besides that share: the signaling WebSocket and RTCP of a thin
+/// link must get through the queue media would otherwise fill (admission, renegotiation).
+pub const SIGNALING_RESERVE_BPS: i64 = 8_000;
 /// A layer above the current one must fit with this much to spare before switching up.
 pub const UP_MARGIN: f64 = 1.25;
 /// How long the room for a higher layer must last before switching up.
@@ -32,6 +37,8 @@ pub struct TrackDemand<K> {
     /// not being sent and cannot be chosen. Audio has one layer.
     pub layers: Vec<u64>,
     pub pinned: bool,
+    /// Audio: its publisher is speaking now (voice activity, with a hangover).
+    pub speaking: bool,
 }
 
 /// The layer chosen for a track, or `None` when it is paused.
@@ -46,6 +53,8 @@ pub struct Allocation<K> {
     pub decisions: Vec<Decision<K>>,
     /// Every video track is paused (and there is at least one).
     pub audio_only: bool,
+    /// Some audio track is paused (the link cannot carry all of it).
+    pub audio_paused: bool,
     /// Rate of what is forwarded (bits/s).
     pub allocated_bps: u64,
     /// Rate needed for the next step up (current allocation plus the next layer or track),
@@ -113,24 +122,34 @@ impl<K: Copy + Eq + Hash> Allocator<K> {
     ) -> Allocation<K> {
         self.tracks
             .retain(|k, _| tracks.iter().any(|t| t.key == *k));
-        let mut budget = (estimate_bps as f64 * USABLE_SHARE) as i64;
+        let mut budget = (estimate_bps as f64 * USABLE_SHARE) as i64 - SIGNALING_RESERVE_BPS;
         let mut decisions = Vec::with_capacity(tracks.len());
         let mut allocated = 0u64;
         let mut desired = 0u64;
 
-        // Audio is never paused: it is served first, stethoscope before speech.
+        // Audio first: the stethoscope whatever the budget, then speech by rank (the pinned,
+        // then whoever speaks, then the others) as long as it fits.
         let mut order: Vec<&TrackDemand<K>> = tracks.iter().collect();
-        order.sort_by_key(|t| (!is_audio(t), !t.pinned, clinical_rank(t.label)));
+        order.sort_by_key(|t| (!is_audio(t), !t.pinned, !t.speaking, clinical_rank(t.label)));
+        let mut audio_paused = false;
+        // The smallest paused audio track: what probing should aim at first.
+        let mut next_step: Option<u64> = None;
         for t in order.iter().filter(|t| is_audio(t)) {
             let rate = t.layers.first().copied().unwrap_or(0);
-            budget -= rate as i64;
-            allocated += rate;
             desired += rate;
-            self.tracks.entry(t.key).or_default().layer = Some(0);
-            decisions.push(Decision {
-                key: t.key,
-                layer: Some(0),
-            });
+            let state = self.tracks.entry(t.key).or_default();
+            let forwarded_now = state.layer.is_some();
+            let keep = t.label == TrackLabel::Stethoscope || needed(rate, forwarded_now) <= budget;
+            let layer = keep.then_some(0);
+            if keep {
+                budget -= rate as i64;
+                allocated += rate;
+            } else {
+                audio_paused = true;
+                next_step = Some(next_step.map_or(rate, |s| s.min(rate)));
+            }
+            state.layer = layer;
+            decisions.push(Decision { key: t.key, layer });
         }
 
         let videos: Vec<&TrackDemand<K>> = order.into_iter().filter(|t| !is_audio(t)).collect();
@@ -168,7 +187,6 @@ impl<K: Copy + Eq + Hash> Allocator<K> {
         }
 
         // Hysteresis: down (or paused) at once, up only after the room has lasted.
-        let mut next_step: Option<u64> = None;
         for (i, t) in videos.iter().enumerate() {
             let target = chosen[i];
             // A track seen for the first time starts where it fits: that is no step up.
@@ -224,6 +242,7 @@ impl<K: Copy + Eq + Hash> Allocator<K> {
         Allocation {
             decisions,
             audio_only,
+            audio_paused,
             allocated_bps: allocated,
             next_step_bps: allocated + next_step.unwrap_or(0),
             desired_bps: desired,
@@ -283,24 +302,28 @@ mod tests {
                 label: TrackLabel::Camera,
                 layers: vec![100_000, 300_000, 1_200_000],
                 pinned: false,
+                speaking: false,
             },
             TrackDemand {
                 key: 2,
                 label: TrackLabel::Stethoscope,
                 layers: vec![40_000],
                 pinned: false,
+                speaking: false,
             },
             TrackDemand {
                 key: 3,
                 label: TrackLabel::Otoscope,
                 layers: vec![150_000, 500_000],
                 pinned: false,
+                speaking: false,
             },
             TrackDemand {
                 key: 4,
                 label: TrackLabel::Microphone,
                 layers: vec![30_000],
                 pinned: false,
+                speaking: false,
             },
         ]
     }
@@ -350,9 +373,48 @@ mod tests {
     fn even_below_the_audio_rate_the_stethoscope_is_never_paused() {
         let mut a = Allocator::default();
         let out = settle(&mut a, t0(), 20_000, &demand());
-        assert_eq!(out.layer_of(2), Some(0));
-        assert_eq!(out.layer_of(4), Some(0));
-        assert!(out.audio_only);
+        assert_eq!(out.layer_of(2), Some(0), "stethoscope");
+        assert_eq!(out.layer_of(4), None, "speech paused");
+        assert!(out.audio_only && out.audio_paused);
+        // Probing aims at the speech that would come back.
+        assert_eq!(out.next_step_bps, 40_000 + 30_000);
+    }
+
+    fn two_speakers() -> Vec<TrackDemand<u8>> {
+        let speech = |key, speaking| TrackDemand {
+            key,
+            label: TrackLabel::Microphone,
+            layers: vec![30_000],
+            pinned: false,
+            speaking,
+        };
+        let mut d = demand();
+        d.retain(|t| t.key != 4);
+        d.push(speech(4, false));
+        d.push(speech(5, true));
+        d
+    }
+
+    #[test]
+    fn when_speech_does_not_all_fit_the_one_speaking_is_kept() {
+        let mut a = Allocator::default();
+        let d = two_speakers();
+        // Usable 0.9 × 100 k − 8 k = 82 k: stethoscope 40 k, one speech 30 k.
+        let out = settle(&mut a, t0(), 100_000, &d);
+        assert_eq!(out.layer_of(2), Some(0), "stethoscope");
+        assert_eq!(out.layer_of(5), Some(0), "the speaker");
+        assert_eq!(out.layer_of(4), None, "the silent one");
+        assert!(out.audio_paused);
+        // The other one starts speaking: the two swap at once (no hold for audio).
+        let mut d2 = d.clone();
+        d2[3].speaking = true;
+        d2[4].speaking = false;
+        let out = a.allocate(t0() + Duration::from_secs(30), 100_000, &d2);
+        assert_eq!((out.layer_of(4), out.layer_of(5)), (Some(0), None));
+        // With room for both, both flow.
+        let out = settle(&mut a, t0() + Duration::from_secs(60), 200_000, &d);
+        assert_eq!((out.layer_of(4), out.layer_of(5)), (Some(0), Some(0)));
+        assert!(!out.audio_paused);
     }
 
     #[test]

@@ -93,6 +93,8 @@ struct Participant {
     /// Audio-only as last told to the client.
     audio_only: bool,
     low_link: bool,
+    /// Tracks paused for this subscriber, as last told to the client.
+    paused_notified: Vec<String>,
     /// Since when the estimate has been under the low-link threshold.
     low_since: Option<Instant>,
     /// (minimum, desired) last given to str0m's estimator.
@@ -508,6 +510,7 @@ impl Engine {
                 allocated_bps: 0,
                 allocation_estimate_bps: None,
                 allocation_audio_only: false,
+                paused_notified: Vec::new(),
                 audio_only: false,
                 low_link: false,
                 low_since: None,
@@ -883,6 +886,7 @@ impl Engine {
                 label: o.label,
                 layers,
                 pinned: p.pinned.contains(&o.source),
+                speaking: track.speaking(now),
             });
             orders.push(order);
         }
@@ -1185,16 +1189,17 @@ impl Engine {
             .low_since
             .is_some_and(|t| now.saturating_duration_since(t) >= LOW_LINK_AFTER);
         let audio_only = p.allocation_audio_only;
-        if audio_only != p.audio_only || low_link != p.low_link {
+        let paused: Vec<String> = p
+            .outs
+            .iter()
+            .filter(|o| o.state == OutState::Open && !o.forwarding())
+            .map(|o| o.track_id())
+            .collect();
+        if audio_only != p.audio_only || low_link != p.low_link || paused != p.paused_notified {
             p.audio_only = audio_only;
             p.low_link = low_link;
-            info!(participant = %p.id, estimate, audio_only, low_link, "allocation mode");
-            let paused = p
-                .outs
-                .iter()
-                .filter(|o| !o.forwarding())
-                .map(|o| o.track_id())
-                .collect();
+            p.paused_notified = paused.clone();
+            info!(participant = %p.id, estimate, audio_only, low_link, ?paused, "allocation mode");
             p.notify(SfuEvent::Bandwidth {
                 audio_only,
                 low_link,
@@ -1405,6 +1410,10 @@ impl Engine {
             .rate
             .add(now, pkt.payload.len() + PACKET_OVERHEAD);
         let kind = track.kind;
+        if kind == TrackKind::Audio {
+            let ext = &pkt.header.ext_vals;
+            track.note_voice(now, ext.audio_level, ext.voice_activity);
+        }
         let simulcast = track.simulcast();
         let in_pt = pkt.header.payload_type;
         // The codec, and whether the packet is RED (RFC 2198) around it.
@@ -1499,9 +1508,12 @@ impl Engine {
             };
             let Some(out_mid) = out.mid else { continue };
             let recover = redundant.is_some() && out.fwd.lost_just_before(layer, pkt.seq_no);
+            // Audio resumes on any packet: each one decodes on its own.
             let Some(rewritten) = out.fwd.accept(now, source, || {
-                *keyframe
-                    .get_or_insert_with(|| codec.is_some_and(|c| starts_keyframe(c, &pkt.payload)))
+                *keyframe.get_or_insert_with(|| {
+                    kind == TrackKind::Audio
+                        || codec.is_some_and(|c| starts_keyframe(c, &pkt.payload))
+                })
             }) else {
                 continue;
             };

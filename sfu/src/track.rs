@@ -105,7 +105,16 @@ pub struct TrackIn {
     /// last hint sent to the publisher (percent, when).
     pub loss_ewma: f32,
     pub loss_hint: Option<(u8, Instant)>,
+    /// Audio: the publisher counts as speaking until then (voice activity plus a hangover).
+    pub speaking_until: Option<Instant>,
 }
+
+/// Audio louder than this (−dBov, RFC 6464) counts as speech when the publisher does not set
+/// the voice-activity bit (or sets it only from its own detector).
+pub const SPEECH_LEVEL_DBOV: u8 = 50;
+/// Speech keeps its rank this long after the last voiced packet: pauses between words do not
+/// hand the link to someone else.
+pub const SPEAKING_HANGOVER: std::time::Duration = std::time::Duration::from_millis(2_000);
 
 impl TrackIn {
     /// A track with the given simulcast rids (none: a plain track).
@@ -129,7 +138,22 @@ impl TrackIn {
             red_prev: None,
             loss_ewma: 0.0,
             loss_hint: None,
+            speaking_until: None,
         }
+    }
+
+    /// Audio: note the voice activity of a packet (RFC 6464 header extension).
+    pub fn note_voice(&mut self, now: Instant, level: Option<i8>, voice_activity: Option<bool>) {
+        // Either says so: some senders never set the bit (or set it on everything loud).
+        let voiced = voice_activity == Some(true)
+            || level.is_some_and(|l| l.unsigned_abs() <= SPEECH_LEVEL_DBOV);
+        if voiced {
+            self.speaking_until = Some(now + SPEAKING_HANGOVER);
+        }
+    }
+
+    pub fn speaking(&self, now: Instant) -> bool {
+        self.speaking_until.is_some_and(|t| t > now)
     }
 
     pub fn simulcast(&self) -> bool {

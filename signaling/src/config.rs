@@ -35,10 +35,8 @@ pub struct Config {
     /// in production.
     pub recording_key: Option<String>,
     /// Estimate each subscriber's downlink (str0m's TWCC send-side estimator and pacer) and
-    /// allocate it by clinical priority: video paused below what the link carries, audio
-    /// kept. Off by default: webrtc-rs 0.17 peers (the cart, the load tester) return TWCC
-    /// feedback that sinks str0m's estimate on healthy links, and the pacer then holds
-    /// their video back (see the bandwidth issue's notes).
+    /// allocate it by clinical priority: the stethoscope first, then speech, then video;
+    /// video paused below what the link carries. On by default, for every client kind.
     pub downlink_estimation: bool,
     /// Media-plane threads, each owning whole rooms (0: one per core).
     pub sfu_threads: usize,
@@ -59,7 +57,7 @@ impl Default for Config {
             data_dir: PathBuf::from("data"),
             token_ttl_secs: 4 * 3600,
             recording_key: None,
-            downlink_estimation: false,
+            downlink_estimation: true,
             sfu_threads: 0,
         }
     }

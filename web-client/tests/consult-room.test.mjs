@@ -4,127 +4,42 @@
 
 import { test, before, after } from "node:test";
 import assert from "node:assert/strict";
-import { spawn } from "node:child_process";
 import { createHash } from "node:crypto";
-import { mkdirSync, mkdtempSync, rmSync } from "node:fs";
-import { tmpdir } from "node:os";
+import { mkdirSync } from "node:fs";
 import { join } from "node:path";
-import { chromium } from "playwright-core";
+import {
+  ARTIFACTS,
+  basicAuth,
+  createConsultation as create,
+  inbound,
+  launchChromium,
+  openPage as open,
+  startServer,
+  stats,
+  waitFor,
+  waitStats,
+} from "./harness.mjs";
 
-const ROOT = new URL("../../", import.meta.url).pathname;
-const SERVER = process.env.CONSULT_SERVER_BIN || join(ROOT, "target/debug/consult-server");
-const ARTIFACTS = join(ROOT, "test-artifacts");
-const API = "Basic " + Buffer.from("devkey:dev-secret-change-me").toString("base64");
+const API = basicAuth("devkey", "dev-secret-change-me");
 
 let server;
 let baseUrl;
-let dataDir;
 let browser;
-
-function startServer() {
-  dataDir = mkdtempSync(join(tmpdir(), "consult-e2e-"));
-  server = spawn(
-    SERVER,
-    ["--insecure-http", "--http-bind", "127.0.0.1:0", "--udp-bind", "127.0.0.1:0", "--data-dir", dataDir],
-    { stdio: ["ignore", "pipe", "inherit"], env: { ...process.env, RUST_LOG: process.env.RUST_LOG || "warn" } },
-  );
-  return new Promise((resolve, reject) => {
-    let out = "";
-    server.stdout.on("data", (d) => {
-      out += d;
-      const m = out.match(/Consultation server: (http:\/\/\S+)/);
-      if (m) resolve(m[1]);
-    });
-    server.on("exit", (code) => reject(new Error(`server exited with ${code}`)));
-    setTimeout(() => reject(new Error("server did not start")), 20000);
-  });
-}
 
 before(async () => {
   mkdirSync(ARTIFACTS, { recursive: true });
-  baseUrl = await startServer();
-  browser = await chromium.launch({
-    executablePath: process.env.CHROMIUM || "/usr/bin/chromium",
-    headless: true,
-    args: [
-      "--no-sandbox",
-      "--use-fake-ui-for-media-stream",
-      "--use-fake-device-for-media-stream",
-      "--allow-loopback-in-peer-connection",
-      "--autoplay-policy=no-user-gesture-required",
-      "--disable-gpu",
-      "--disable-quic",
-      "--no-first-run",
-      "--disable-background-networking",
-      "--disable-component-update",
-      "--disable-sync",
-    ],
-  });
+  server = await startServer(["--insecure-http", "--http-bind", "127.0.0.1:0", "--udp-bind", "127.0.0.1:0"]);
+  baseUrl = server.baseUrl;
+  browser = await launchChromium();
 });
 
 after(async () => {
   if (browser) await browser.close();
-  if (server) server.kill();
-  if (dataDir) rmSync(dataDir, { recursive: true, force: true });
+  if (server) server.stop();
 });
 
-async function createConsultation() {
-  const r = await fetch(`${baseUrl}/api/consultations`, {
-    method: "POST",
-    headers: { authorization: API, "content-type": "application/json" },
-    body: JSON.stringify({
-      physician: { identity: "rpps-10001", name: "Dr Martin" },
-      patient: { identity: "ins-1", name: "Mme Durand" },
-      companion: { identity: "ide-7", name: "Julie", companion_kind: "nurse" },
-    }),
-  });
-  assert.equal(r.status, 200);
-  const c = await r.json();
-  return Object.fromEntries(c.links.map((l) => [l.role, l.url]));
-}
-
-async function openPage(url, name) {
-  const context = await browser.newContext({ viewport: { width: 1280, height: 900 } });
-  const page = await context.newPage();
-  page.on("pageerror", (e) => console.error(`[${name}] page error: ${e.message}`));
-  page.on("console", (m) => {
-    if (m.type() === "error") console.error(`[${name}] ${m.text()}`);
-  });
-  await page.goto(url);
-  await page.waitForSelector("#screen-check:not([hidden])");
-  // The device check shows a live preview before joining.
-  await page.waitForFunction(() => document.getElementById("preview").videoWidth > 0);
-  return page;
-}
-
-const stats = (page) => page.evaluate(() => window.consult.client.rtpStats());
-
-/** Wait until `check(stats)` holds on `page`, polling getStats. */
-async function waitStats(page, what, check, timeoutMs = 30000) {
-  const deadline = Date.now() + timeoutMs;
-  let last;
-  while (Date.now() < deadline) {
-    last = await stats(page);
-    if (check(last)) return last;
-    await new Promise((r) => setTimeout(r, 500));
-  }
-  assert.fail(`${what}: not reached; last stats ${JSON.stringify(last)}`);
-}
-
-/** Poll `f` until it returns something truthy. */
-async function waitFor(f, timeoutMs = 15000) {
-  const deadline = Date.now() + timeoutMs;
-  while (Date.now() < deadline) {
-    const v = await f();
-    if (v) return v;
-    await new Promise((r) => setTimeout(r, 250));
-  }
-  assert.fail("condition not reached");
-}
-
-function inbound(s, label) {
-  return s.inbound.filter((i) => i.label === label);
-}
+const createConsultation = () => create(baseUrl, API);
+const openPage = (url, name) => open(browser, url, name);
 
 test("waiting room, admission, media both ways, stethoscope settings and a still", { timeout: 180000 }, async () => {
   const links = await createConsultation();

@@ -1,0 +1,154 @@
+// The physician's Chromium behind a 100 kbit/s rural link (tc tbf on a veth pair into a network
+// namespace of its own, both ways), the cart (companion page: stethoscope, microphone, camera,
+// otoscope) and the patient on a good link, the server with its default options. Figures from the
+// physician's getStats; JSON time series and full-page screenshots in test-artifacts/.
+// Run by tests/run.sh (root: it creates and removes the namespace).
+
+import { test, before, after } from "node:test";
+import assert from "node:assert/strict";
+import { randomBytes } from "node:crypto";
+import { mkdirSync, writeFileSync } from "node:fs";
+import { join } from "node:path";
+import {
+  ARTIFACTS,
+  basicAuth,
+  createConsultation,
+  inbound,
+  launchChromium,
+  openPage,
+  startServer,
+  waitStats,
+} from "./harness.mjs";
+import { byLabel, samples, startSampling, summarize } from "./reception.mjs";
+import { ShapedLink } from "./shaped-link.mjs";
+
+// The server's self-signed certificate (HTTPS: the server refuses plain HTTP off loopback).
+process.env.NODE_TLS_REJECT_UNAUTHORIZED = "0";
+const SECRET = randomBytes(24).toString("hex");
+const API = basicAuth("devkey", SECRET);
+const HTTPS = { ignoreHTTPSErrors: true };
+// How long the link stays at 100 kbit/s (longer runs: CONSULT_RURAL_SECONDS=60).
+const THIN_SECONDS = Number(process.env.CONSULT_RURAL_SECONDS || 30);
+
+const link = new ShapedLink(0);
+let server;
+let local;
+let remote;
+
+before(async () => {
+  mkdirSync(ARTIFACTS, { recursive: true });
+  link.up(2000);
+  server = await startServer(["--http-bind", `${link.hostIp}:0`, "--udp-bind", `${link.hostIp}:0`], { apiSecret: SECRET });
+  local = await launchChromium();
+  remote = await launchChromium(link.chromiumWrapper());
+});
+
+after(async () => {
+  for (const b of [local, remote]) if (b) await b.close().catch(() => {});
+  if (server) server.stop();
+  link.down();
+});
+
+const sleep = (ms) => new Promise((r) => setTimeout(r, ms));
+
+/** The cart (nurse with stethoscope and otoscope) and the patient join and wait. */
+async function cartAndPatient(links) {
+  const cart = await openPage(local, links.companion, "companion", HTTPS);
+  await cart.check("#use-stethoscope");
+  await cart.check("#use-otoscope");
+  await cart.click("#join");
+  await cart.waitForSelector("body[data-state=waiting]");
+  const patient = await openPage(local, links.patient, "patient", HTTPS);
+  await patient.click("#join");
+  await patient.waitForSelector("body[data-state=waiting]");
+  const ids = {
+    cart: await cart.evaluate(() => window.consult.client.participantId),
+    patient: await patient.evaluate(() => window.consult.client.participantId),
+  };
+  return { cart, patient, ids };
+}
+
+/** The physician admits the cart (then the patient); resolves with the click's time. */
+async function admit(doc, ids) {
+  await doc.waitForSelector(`#waiting-list li[data-participant="${ids.cart}"] button[data-action=admit]`, { timeout: 30000 });
+  const clicked = Date.now();
+  await doc.click(`#waiting-list li[data-participant="${ids.cart}"] button[data-action=admit]`);
+  await doc.click(`#waiting-list li[data-participant="${ids.patient}"] button[data-action=admit]`, { timeout: 30000 });
+  return clicked;
+}
+
+function report(name, data) {
+  writeFileSync(join(ARTIFACTS, `rural-link-${name}.json`), JSON.stringify(data, null, 1));
+}
+
+function logTable(title, summary) {
+  console.log(`# ${title}`);
+  for (const r of Object.values(summary)) console.log(JSON.stringify(r));
+}
+
+/** Clinical bounds at the physician over a settled window. */
+function assertAudioBounds(summary, what) {
+  const steth = byLabel(summary, "stethoscope");
+  assert.ok(steth, `${what}: stethoscope received`);
+  assert.ok(steth.concealedPct <= 2, `${what}: stethoscope concealed ${steth.concealedPct} % (≤ 2 %)`);
+  assert.ok(steth.longestGapMs <= 200, `${what}: stethoscope gap ${steth.longestGapMs} ms (≤ 200 ms)`);
+  assert.ok(steth.delayP95Ms !== null && steth.delayP95Ms <= 400, `${what}: stethoscope delay p95 ${steth.delayP95Ms} ms (≤ 400 ms)`);
+  for (const r of Object.values(summary).filter((r) => r.label === "microphone" && r.concealedPct < 100)) {
+    assert.ok(r.concealedPct <= 5, `${what}: speech concealed ${r.concealedPct} % (≤ 5 %)`);
+  }
+}
+
+test("the link drops from 2 Mbit/s to 100 kbit/s and back: audio stays clean, video returns", { timeout: 240000 }, async () => {
+  link.setRate(2000);
+  link.setLoss(0);
+  const links = await createConsultation(server.baseUrl, API);
+  const doc = await openPage(remote, links.physician, "physician", HTTPS);
+  await doc.click("#join");
+  await doc.waitForSelector("body[data-state=admitted]");
+  const { cart, patient, ids } = await cartAndPatient(links);
+  await admit(doc, ids);
+  await startSampling(doc);
+  link.startQueueSampling();
+
+  const first = await waitStats(doc, "physician receives the cart", (s) =>
+    ["camera", "otoscope"].every((l) => inbound(s, l).some((i) => i.framesDecoded > 0)) &&
+    ["microphone", "stethoscope"].every((l) => inbound(s, l).some((i) => i.bytesReceived > 0)),
+  );
+  await sleep(8000);
+  // The camera layer forwarded on the good link (its frames' width).
+  const good = await doc.evaluate(() => window.consult.client.rtpStats());
+  const topWidth = Math.max(...inbound(good, "camera").map((i) => i.frameWidth || 0));
+  const dropAt = Date.now();
+  link.setRate(100);
+  await sleep(THIN_SECONDS * 1000);
+  await doc.screenshot({ path: join(ARTIFACTS, "rural-link-physician-thin.png"), fullPage: true });
+  const thinEnd = Date.now();
+  link.setRate(2000);
+  const backAt = Date.now();
+  // The camera's top layer is back within 10 s: frames decoded again, at the width before.
+  let topBackMs = null;
+  const deadline = backAt + 20000;
+  const framesAt = (s) => Math.max(...inbound(s, "camera").map((i) => i.framesDecoded || 0));
+  const thin = await doc.evaluate(() => window.consult.client.rtpStats());
+  while (Date.now() < deadline) {
+    const s = await doc.evaluate(() => window.consult.client.rtpStats());
+    if (framesAt(s) > framesAt(thin) + 10 && inbound(s, "camera").some((i) => i.frameWidth >= topWidth)) {
+      topBackMs = Date.now() - backAt;
+      break;
+    }
+    await sleep(250);
+  }
+  const all = await samples(doc);
+  const queue = link.stopQueueSampling();
+  const settled = summarize(all, dropAt + 2000, thinEnd, queue);
+  const before = summarize(all, dropAt - 6000, dropAt, queue);
+  logTable("at 2 Mbit/s", before);
+  logTable(`at 100 kbit/s, ${THIN_SECONDS} s from 2 s after the drop`, settled);
+  console.log(`camera top layer (${topWidth} px) back after ${topBackMs} ms`);
+  report("drop", { topWidth, topBackMs, dropAt, thinEnd, backAt, before, settled, samples: all, queue });
+  await doc.screenshot({ path: join(ARTIFACTS, "rural-link-physician-recovered.png"), fullPage: true });
+  await Promise.all([cart, patient, doc].map((p) => p.context().close()));
+
+  assertAudioBounds(settled, "at 100 kbit/s");
+  assert.ok(topBackMs !== null && topBackMs <= 10000, `top camera layer back after ${topBackMs} ms (≤ 10 s)`);
+});
