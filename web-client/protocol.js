@@ -44,6 +44,19 @@ export function setOpusFmtp(sdp, mid, fmtp) {
     .join("");
 }
 
+/** Set the frame duration (`a=ptime`) of the m-section with `mid`: the sender's Opus encoder
+ * takes its frame size from the answer it applies. */
+export function setPtime(sdp, mid, ptimeMs) {
+  const sections = sdp.split(/(?=\r\nm=)/);
+  return sections
+    .map((s) => {
+      if (!s.includes(`\r\na=mid:${mid}\r\n`) && !s.endsWith(`\r\na=mid:${mid}`)) return s;
+      const kept = s.replace(/\r\na=(max)?ptime:[^\r\n]*/g, "");
+      return kept.replace(`\r\na=mid:${mid}`, `\r\na=mid:${mid}\r\na=ptime:${ptimeMs}`);
+    })
+    .join("");
+}
+
 async function sha256Hex(blob) {
   const digest = await crypto.subtle.digest("SHA-256", await blob.arrayBuffer());
   return [...new Uint8Array(digest)].map((b) => b.toString(16).padStart(2, "0")).join("");
@@ -209,6 +222,9 @@ export class ConsultClient extends EventTarget {
         this.bandwidth = msg;
         this.emit("bandwidth", msg);
         break;
+      case "publisher_audio":
+        this.applyAudioHint(msg).catch((e) => this.emit("problem", { code: "internal", message: String(e) }));
+        break;
       case "publisher_layers":
         this.setActiveLayers(msg.mid, msg.active_rids).catch((e) => this.emit("problem", { code: "internal", message: String(e) }));
         break;
@@ -270,6 +286,28 @@ export class ConsultClient extends EventTarget {
     this.emit("layers", { mid, active_rids: activeRids });
   }
 
+  /**
+   * The SFU's encoding for the thinnest receiver of one of our audio tracks: the bitrate at
+   * once (`setParameters`), the frame duration through a renegotiation whose answer carries
+   * `a=ptime` (the browser sizes its FEC from the SFU's receiver reports by itself).
+   */
+  async applyAudioHint(msg) {
+    const p = this.published.find((x) => x.mid === msg.mid);
+    if (!p) return;
+    if (msg.max_bitrate_bps) {
+      const params = p.sender.getParameters();
+      if (params.encodings && params.encodings.length) {
+        params.encodings[0].maxBitrate = msg.max_bitrate_bps;
+        await p.sender.setParameters(params);
+      }
+    }
+    if (msg.ptime_ms && msg.ptime_ms !== p.ptime) {
+      p.ptime = msg.ptime_ms;
+      await this.negotiatePublisher(false);
+    }
+    this.emit("audio_hint", msg);
+  }
+
   /** Offer on the publisher connection and apply the answer; one negotiation at a time. */
   async negotiatePublisher(iceRestart, afterOffer) {
     const previous = this.negotiation || Promise.resolve();
@@ -290,6 +328,7 @@ export class ConsultClient extends EventTarget {
       // Per-track Opus settings: the sender encodes as the answer's fmtp says.
       for (const p of this.published) {
         if (p.label === "stethoscope") sdp = setOpusFmtp(sdp, p.mid, STETHOSCOPE_OPUS_FMTP);
+        if (p.ptime) sdp = setPtime(sdp, p.mid, p.ptime);
       }
       await this.publisher.setRemoteDescription({ type: "answer", sdp });
     });

@@ -506,6 +506,8 @@ async fn dispatch(
             ServerMsg::PublisherAudio {
                 mid,
                 expected_loss_pct,
+                max_bitrate_bps,
+                ptime_ms,
             } => {
                 if let Some(l) = inner.expected_loss.lock().expect("lock").get(&mid) {
                     l.store(expected_loss_pct, std::sync::atomic::Ordering::Relaxed);
@@ -513,6 +515,8 @@ async fn dispatch(
                 let _ = events.send(ClientEvent::Server(ServerMsg::PublisherAudio {
                     mid,
                     expected_loss_pct,
+                    max_bitrate_bps,
+                    ptime_ms,
                 }));
             }
             ServerMsg::PublisherLayers { mid, active_rids } => {

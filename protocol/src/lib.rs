@@ -3,6 +3,7 @@
 //! The JSON protocol spoken over the WebSocket is documented in `docs/protocol.md`; every
 //! message there is one variant of [`ClientMsg`] or [`ServerMsg`].
 
+pub mod audio_steps;
 mod messages;
 mod roles;
 pub mod vp8;

@@ -293,6 +293,14 @@ pub enum ServerMsg {
     PublisherAudio {
         mid: String,
         expected_loss_pct: u8,
+        /// Encode at most this many bits/s (`RTCRtpSender.setParameters` `maxBitrate`; the
+        /// Opus encoder's bitrate), for the thinnest receiver's downlink.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        max_bitrate_bps: Option<u32>,
+        /// Opus frame duration to use, ms (`a=ptime` in the answer the sender applies): longer
+        /// frames spend less of a thin link on packet headers.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        ptime_ms: Option<u16>,
     },
 }
 

@@ -59,7 +59,13 @@ pub enum SfuEvent {
     },
     /// To an audio publisher: the loss its receivers see on track `mid` (percent), for the
     /// encoder's in-band FEC.
-    PublisherAudio { mid: String, expected_loss_pct: u8 },
+    PublisherAudio {
+        mid: String,
+        expected_loss_pct: u8,
+        /// The encoding for the thinnest receiver (`consult_protocol::audio_steps`).
+        max_bitrate_bps: Option<u32>,
+        ptime_ms: Option<u16>,
+    },
 }
 
 /// A copy of one forwarded RTP packet, for a recorder.

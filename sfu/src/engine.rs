@@ -786,7 +786,13 @@ impl Engine {
                         TrackKind::Audio => MediaKind::Audio,
                         TrackKind::Video => MediaKind::Video,
                     };
-                    let stream_id = o.source_participant.clone();
+                    // The stethoscope in a stream of its own: a receiver must not delay it to
+                    // play in sync with the participant's video (lip sync is for speech).
+                    let stream_id = if o.label == consult_protocol::TrackLabel::Stethoscope {
+                        format!("{}-stethoscope", o.source_participant)
+                    } else {
+                        o.source_participant.clone()
+                    };
                     let track_id = format!("{}-{}", o.source_participant, o.source.1);
                     let mid = api.add_media(
                         kind,
@@ -1074,10 +1080,13 @@ impl Engine {
 
     /// Tell audio publishers how much loss their receivers see (their own uplink plus the
     /// worst downlink, smoothed), so their encoders add in-band FEC: libopus sends none unless
-    /// told to expect loss. Sent on a change of 2 points or more, at most every
-    /// [`AUDIO_HINT_INTERVAL`].
+    /// told to expect loss; and the encoding (bitrate, frame duration) the thinnest
+    /// receiver's downlink carries ([`consult_protocol::audio_steps`]). Loss is sent on a
+    /// change of 2 points or more, at most every [`AUDIO_HINT_INTERVAL`]; a step down at once,
+    /// a step up once the room for it has lasted [`crate::track::AUDIO_STEP_UP_HOLD`].
     fn update_audio_hints(&mut self, now: Instant) {
         let mut worst: HashMap<(u64, Mid), f32> = HashMap::new();
+        let mut thinnest: HashMap<(u64, Mid), u64> = HashMap::new();
         for p in self.participants.values() {
             let link_loss = p.subscriber.counters.link.loss_to_client.unwrap_or(0.0);
             for o in p
@@ -1092,6 +1101,10 @@ impl Engine {
                     .unwrap_or(link_loss);
                 let w = worst.entry(o.source).or_insert(0.0);
                 *w = w.max(loss);
+                if let Some(link) = p.allocation_estimate_bps {
+                    let t = thinnest.entry(o.source).or_insert(u64::MAX);
+                    *t = (*t).min(link);
+                }
             }
         }
         for (key, p) in self.participants.iter_mut() {
@@ -1101,19 +1114,28 @@ impl Engine {
                 let sample = (up + down).clamp(0.0, 0.5);
                 t.loss_ewma = t.loss_ewma * 0.8 + sample * 0.2;
                 let pct = (t.loss_ewma * 100.0).round() as u8;
-                let due = match t.loss_hint {
+                let loss_due = match t.loss_hint {
                     None => pct > 0,
                     Some((last, at)) => {
                         (pct.abs_diff(last) >= 2 || (pct == 0) != (last == 0))
                             && now.saturating_duration_since(at) >= AUDIO_HINT_INTERVAL
                     }
                 };
-                if due {
-                    t.loss_hint = Some((pct, now));
-                    debug!(participant = %p.id, mid = %t.mid, pct, "publisher audio hint");
+                let steps = consult_protocol::audio_steps::audio_steps(t.label);
+                let step_changed = thinnest
+                    .get(&(*key, t.mid))
+                    .is_some_and(|link| t.audio_step.update(now, steps, *link));
+                if loss_due || step_changed {
+                    if loss_due {
+                        t.loss_hint = Some((pct, now));
+                    }
+                    let step = t.audio_step.current().map(|i| steps[i]);
+                    debug!(participant = %p.id, mid = %t.mid, pct, ?step, "publisher audio hint");
                     let _ = p.events.send(SfuEvent::PublisherAudio {
                         mid: t.mid.to_string(),
-                        expected_loss_pct: pct,
+                        expected_loss_pct: t.loss_hint.map_or(pct, |h| h.0),
+                        max_bitrate_bps: step.map(|s| s.max_bitrate_bps),
+                        ptime_ms: step.map(|s| s.ptime_ms),
                     });
                 }
             }

@@ -107,6 +107,54 @@ pub struct TrackIn {
     pub loss_hint: Option<(u8, Instant)>,
     /// Audio: the publisher counts as speaking until then (voice activity plus a hangover).
     pub speaking_until: Option<Instant>,
+    /// Audio: the encoding step its publisher was told (see `audio_steps`).
+    pub audio_step: AudioStepChoice,
+}
+
+/// How long a thinnest receiver's downlink must stay above a better audio step before the
+/// publisher is moved up to it (down is at once).
+pub const AUDIO_STEP_UP_HOLD: std::time::Duration = std::time::Duration::from_secs(5);
+
+/// The audio encoding step chosen for a publisher's track (sans-I/O): down at once when its
+/// thinnest receiver's link falls, up after [`AUDIO_STEP_UP_HOLD`]; nothing is said while the
+/// track stays at the top step (the publisher's own default).
+#[derive(Debug, Default)]
+pub struct AudioStepChoice {
+    current: Option<usize>,
+    up_since: Option<Instant>,
+}
+
+impl AudioStepChoice {
+    pub fn current(&self) -> Option<usize> {
+        self.current
+    }
+
+    /// The thinnest receiver's link is `link_bps`: whether the step changed.
+    pub fn update(
+        &mut self,
+        now: Instant,
+        steps: &[consult_protocol::audio_steps::AudioStep],
+        link_bps: u64,
+    ) -> bool {
+        let fits = consult_protocol::audio_steps::step_for(steps, link_bps);
+        let current = self.current.unwrap_or(0);
+        if fits > current {
+            self.current = Some(fits);
+            self.up_since = None;
+            return true;
+        }
+        if fits == current {
+            self.up_since = None;
+            return false;
+        }
+        let since = *self.up_since.get_or_insert(now);
+        if now.saturating_duration_since(since) >= AUDIO_STEP_UP_HOLD && self.current.is_some() {
+            self.current = Some(fits);
+            self.up_since = None;
+            return true;
+        }
+        false
+    }
 }
 
 /// Audio louder than this (−dBov, RFC 6464) counts as speech when the publisher does not set
@@ -139,6 +187,7 @@ impl TrackIn {
             loss_ewma: 0.0,
             loss_hint: None,
             speaking_until: None,
+            audio_step: AudioStepChoice::default(),
         }
     }
 

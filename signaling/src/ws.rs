@@ -319,8 +319,18 @@ pub async fn run_session(state: Arc<AppState>, socket: WebSocket) {
                         break;
                     }
                 }
-                SfuEvent::PublisherAudio { mid, expected_loss_pct } => {
-                    let msg = ServerMsg::PublisherAudio { mid, expected_loss_pct };
+                SfuEvent::PublisherAudio {
+                    mid,
+                    expected_loss_pct,
+                    max_bitrate_bps,
+                    ptime_ms,
+                } => {
+                    let msg = ServerMsg::PublisherAudio {
+                        mid,
+                        expected_loss_pct,
+                        max_bitrate_bps,
+                        ptime_ms,
+                    };
                     if !send(&mut sink, &msg).await {
                         break;
                     }

@@ -128,6 +128,7 @@ async fn a_lossy_subscriber_that_negotiated_red_recovers_the_stethoscope() {
         if let consult_client::ClientEvent::Server(consult_protocol::ServerMsg::PublisherAudio {
             mid,
             expected_loss_pct,
+            ..
         }) = ev
         {
             assert_eq!(mid, t[0].mid);

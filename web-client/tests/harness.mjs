@@ -90,7 +90,13 @@ export async function openPage(browser, url, name, contextOptions = {}) {
     if (m.type() === "error") console.error(`[${name}] ${m.text()}`);
   });
   await page.goto(url);
-  await page.waitForSelector("#screen-check:not([hidden])");
+  try {
+    await page.waitForSelector("#screen-check:not([hidden])");
+  } catch (e) {
+    const shown = await page.evaluate(() => ({ state: document.body.dataset, text: document.body.innerText.slice(0, 400) })).catch(() => null);
+    await page.screenshot({ path: join(ARTIFACTS, `open-failed-${name}.png`) }).catch(() => {});
+    throw new Error(`${name}: the device check did not show (${JSON.stringify(shown)}): ${e.message}`);
+  }
   // The device check shows a live preview before joining.
   await page.waitForFunction(() => document.getElementById("preview").videoWidth > 0);
   return page;

@@ -6,6 +6,7 @@
 
 import { test, before, after } from "node:test";
 import assert from "node:assert/strict";
+import { spawn } from "node:child_process";
 import { randomBytes } from "node:crypto";
 import { mkdirSync, writeFileSync } from "node:fs";
 import { join } from "node:path";
@@ -34,10 +35,15 @@ const link = new ShapedLink(0);
 let server;
 let local;
 let remote;
+let capture;
 
 before(async () => {
   mkdirSync(ARTIFACTS, { recursive: true });
   link.up(2000);
+  // For diagnosis: CONSULT_RURAL_CAPTURE=file.pcap records the physician's side of the link.
+  if (process.env.CONSULT_RURAL_CAPTURE) {
+    capture = spawn("ip", ["netns", "exec", link.ns, "tcpdump", "-q", "-s", "96", "-i", link.peerDev, "-w", process.env.CONSULT_RURAL_CAPTURE], { stdio: "ignore" });
+  }
   server = await startServer(["--http-bind", `${link.hostIp}:0`, "--udp-bind", `${link.hostIp}:0`], { apiSecret: SECRET });
   local = await launchChromium();
   remote = await launchChromium(link.chromiumWrapper());
@@ -46,6 +52,7 @@ before(async () => {
 after(async () => {
   for (const b of [local, remote]) if (b) await b.close().catch(() => {});
   if (server) server.stop();
+  if (capture) capture.kill();
   link.down();
 });
 
@@ -122,6 +129,19 @@ test("the link drops from 2 Mbit/s to 100 kbit/s and back: audio stays clean, vi
   link.setRate(100);
   await sleep(THIN_SECONDS * 1000);
   await doc.screenshot({ path: join(ARTIFACTS, "rural-link-physician-thin.png"), fullPage: true });
+  // What the cart was told to encode its audio at, and what it sends (packets per second).
+  const sent = async () => (await cart.evaluate(() => window.consult.client.rtpStats())).outbound.filter((o) => o.kind === "audio");
+  const s0 = await sent();
+  await sleep(2000);
+  const s1 = await sent();
+  const cartAudio = await cart.evaluate(() => window.consult.client.published.filter((p) => p.track.kind === "audio").map((p) => ({ mid: p.mid, label: p.label, ptime: p.ptime || null, maxBitrate: p.sender.getParameters().encodings[0].maxBitrate || null })));
+  for (const a of cartAudio) {
+    const b = s0.find((o) => o.mid === a.mid);
+    const e = s1.find((o) => o.mid === a.mid);
+    a.packetsPerSecond = b && e ? (e.packetsSent - b.packetsSent) / 2 : null;
+    a.kbps = b && e ? (8 * (e.bytesSent - b.bytesSent)) / 2000 : null;
+  }
+  console.log(`cart audio at 100 kbit/s: ${JSON.stringify(cartAudio)}`);
   const thinEnd = Date.now();
   link.setRate(2000);
   const backAt = Date.now();
@@ -145,7 +165,7 @@ test("the link drops from 2 Mbit/s to 100 kbit/s and back: audio stays clean, vi
   logTable("at 2 Mbit/s", before);
   logTable(`at 100 kbit/s, ${THIN_SECONDS} s from 2 s after the drop`, settled);
   console.log(`camera top layer (${topWidth} px) back after ${topBackMs} ms`);
-  report("drop", { topWidth, topBackMs, dropAt, thinEnd, backAt, before, settled, samples: all, queue });
+  report("drop", { cartAudio, topWidth, topBackMs, dropAt, thinEnd, backAt, before, settled, samples: all, queue });
   await doc.screenshot({ path: join(ARTIFACTS, "rural-link-physician-recovered.png"), fullPage: true });
   await Promise.all([cart, patient, doc].map((p) => p.context().close()));
 
