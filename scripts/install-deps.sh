@@ -9,7 +9,7 @@
 set -euo pipefail
 packages=(build-essential pkg-config ca-certificates)
 if [ "${1:-test}" = test ] || [ "${1:-}" = bench ] || [ "${1:-}" = compare ] || [ "${1:-}" = profile ]; then
-  packages+=(libopus-dev ffmpeg chromium iproute2 util-linux)
+  packages+=(libopus-dev ffmpeg chromium iproute2 util-linux nftables)
   command -v node >/dev/null || packages+=(nodejs)
   command -v npm >/dev/null || packages+=(npm)
 fi

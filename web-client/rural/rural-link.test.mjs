@@ -2,7 +2,7 @@
 // namespace of its own, both ways), the cart (companion page: stethoscope, microphone, camera,
 // otoscope) and the patient on a good link, the server with its default options. Figures from the
 // physician's getStats; JSON time series and full-page screenshots in test-artifacts/.
-// Run by tests/run.sh (root: it creates and removes the namespace).
+// Run by rural/run.sh (root: it creates and removes the namespace).
 
 import { test, before, after } from "node:test";
 import assert from "node:assert/strict";
@@ -19,7 +19,7 @@ import {
   openPage,
   startServer,
   waitStats,
-} from "./harness.mjs";
+} from "../tests/harness.mjs";
 import { byLabel, samples, startSampling, summarize } from "./reception.mjs";
 import { ShapedLink } from "./shaped-link.mjs";
 

@@ -1,0 +1,18 @@
+#!/usr/bin/env bash
+# The physician's Chromium behind a tc-tbf-shaped 100 kbit/s link (rural-link.test.mjs): builds
+# the server (unless CONSULT_SERVER_BIN names one), then runs the test inside a network
+# namespace of its own, in which it creates the shaped veth pair and the physician's namespace.
+# Needs root. Not yet part of scripts/test.sh: its clinical bounds are not met yet (issue 18).
+#   CONSULT_RURAL_SECONDS=60   how long the link stays at 100 kbit/s (default 30)
+#   CONSULT_RURAL_CAPTURE=f    tcpdump of the physician's side of the link into f
+set -euo pipefail
+cd "$(dirname "$0")/.."
+root=$(cd .. && pwd)
+"$root/scripts/install-deps.sh" test
+if [ -z "${CONSULT_SERVER_BIN:-}" ] || [ ! -x "$CONSULT_SERVER_BIN" ]; then
+  cargo build --locked -p consult-signaling --bin consult-server
+  CONSULT_SERVER_BIN="$root/target/debug/consult-server"
+fi
+export CONSULT_SERVER_BIN
+PLAYWRIGHT_SKIP_BROWSER_DOWNLOAD=1 npm ci --no-audit --no-fund --silent
+exec unshare --net -- bash -c 'ip link set lo up && exec node --test --test-concurrency=1 rural/'
