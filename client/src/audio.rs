@@ -158,6 +158,25 @@ impl AudioEncoder {
         Ok((n > 2).then(|| self.buf[..n].to_vec()))
     }
 
+    /// Encode a whole signal into packets of `frame_ms` (20, 40 or 60 ms: what `publisher_audio`
+    /// may ask for); the stethoscope profile only.
+    pub fn encode_all_frames(
+        &mut self,
+        pcm: &[f32],
+        frame_ms: u16,
+    ) -> anyhow::Result<Vec<Vec<u8>>> {
+        let Inner::Crate(e) = &mut self.inner else {
+            bail!("frames other than 20 ms are for the stethoscope profile");
+        };
+        let samples = SAMPLE_RATE as usize / 1000 * usize::from(frame_ms);
+        pcm.chunks_exact(samples)
+            .map(|f| {
+                let n = e.encode_float(f, &mut self.buf)?;
+                Ok(self.buf[..n].to_vec())
+            })
+            .collect()
+    }
+
     /// Encode a whole signal into 20 ms packets (the tail shorter than a frame is dropped).
     pub fn encode_all(&mut self, pcm: &[f32]) -> anyhow::Result<Vec<Option<Vec<u8>>>> {
         pcm.chunks_exact(FRAME_SAMPLES)
@@ -178,17 +197,19 @@ pub fn decode_timeline(packets: &[(u32, Vec<u8>)]) -> anyhow::Result<Vec<f32>> {
     let mut dec = opus::Decoder::new(SAMPLE_RATE, opus::Channels::Mono)?;
     let mut out = Vec::new();
     let mut frame = vec![0f32; FRAME_SAMPLES * 6];
-    let mut next = 0u64;
+    // Samples placed so far: packets may carry 20 to 120 ms each; a gap is concealed 20 ms at
+    // a time.
+    let mut at = 0u64;
     for (ts, payload) in sorted {
-        let pos = u64::from(ts.wrapping_sub(first)) / FRAME_SAMPLES as u64;
-        while next < pos {
+        let offset = u64::from(ts.wrapping_sub(first));
+        while at + FRAME_SAMPLES as u64 <= offset {
             let n = dec.decode_float(&[], &mut frame[..FRAME_SAMPLES], false)?;
             out.extend_from_slice(&frame[..n]);
-            next += 1;
+            at += n as u64;
         }
         let n = dec.decode_float(payload, &mut frame, false)?;
         out.extend_from_slice(&frame[..n]);
-        next = pos + 1;
+        at = offset + n as u64;
     }
     Ok(out)
 }
@@ -196,6 +217,42 @@ pub fn decode_timeline(packets: &[(u32, Vec<u8>)]) -> anyhow::Result<Vec<f32>> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// Every encoding the SFU may ask of the stethoscope (`publisher_audio`) keeps the heart
+    /// and lung sound bands (third octaves, 20–2000 Hz) within ±1 dB of the source.
+    #[test]
+    fn every_stethoscope_step_keeps_the_clinical_bands_within_one_db() {
+        use crate::fidelity::compare;
+        use crate::heart::{generate, HeartSoundConfig};
+        let heart = generate(&HeartSoundConfig::default(), 6.0);
+        let onsets: Vec<usize> = heart
+            .s1_onsets
+            .iter()
+            .chain(&heart.s2_onsets)
+            .copied()
+            .collect();
+        for step in consult_protocol::audio_steps::STETHOSCOPE_STEPS {
+            let mut enc = AudioEncoder::stethoscope(step.max_bitrate_bps as i32).unwrap();
+            let packets = enc
+                .encode_all_frames(&heart.samples, step.ptime_ms)
+                .unwrap();
+            let samples = SAMPLE_RATE / 1000 * u32::from(step.ptime_ms);
+            let timed: Vec<(u32, Vec<u8>)> = packets
+                .into_iter()
+                .enumerate()
+                .map(|(i, p)| (i as u32 * samples, p))
+                .collect();
+            let pcm = decode_timeline(&timed).unwrap();
+            let r = compare(&heart.samples, &pcm, &onsets, SAMPLE_RATE);
+            let worst = r.max_band_error_db();
+            println!(
+                "{step:?}: max band error {worst:.2} dB, corr {:.3}",
+                r.correlation
+            );
+            assert!(worst <= 1.0, "{step:?}: a band is off by {worst:.2} dB");
+            assert!(r.seconds > 5.0);
+        }
+    }
 
     #[test]
     fn both_profiles_round_trip() {
