@@ -156,7 +156,7 @@ impl CongestionGate {
             self.cut = None;
         }
         // What flows now, as an estimate that fits it and nothing more.
-        let keep = (allocated_bps as f64 * 1.05 / crate::allocator::USABLE_SHARE) as u64;
+        let keep = estimate_carrying(allocated_bps as f64 * 1.05);
         if self.congested {
             self.healthy_since = None;
             // A queue is building: the estimate may take tracks down, but nothing is added
@@ -175,12 +175,16 @@ impl CongestionGate {
             if wanted_bps > allocated_bps {
                 self.probed_at = Some(now);
             }
-            let all = (wanted_bps as f64 * crate::allocator::UP_MARGIN
-                / crate::allocator::USABLE_SHARE) as u64;
+            let all = estimate_carrying(wanted_bps as f64 * crate::allocator::UP_MARGIN);
             return estimate_bps.max(keep).max(all);
         }
         estimate_bps.max(keep)
     }
+}
+
+/// The estimate whose budget (its usable share, less the signaling reserve) carries `bps`.
+fn estimate_carrying(bps: f64) -> u64 {
+    ((bps + crate::allocator::SIGNALING_RESERVE_BPS as f64) / crate::allocator::USABLE_SHARE) as u64
 }
 
 #[cfg(test)]
@@ -193,7 +197,7 @@ mod tests {
         let mut g = CongestionGate::default();
         // A bogus low estimate on a 1 ms link: what flows (900 k) is kept.
         let e = g.effective_estimate(t, 300_000, Some(1.0), None, 900_000, 1_500_000);
-        assert_eq!(e, 1_050_000);
+        assert_eq!(e, estimate_carrying(900_000.0 * 1.05));
         assert!(!g.congested());
     }
 
@@ -217,10 +221,7 @@ mod tests {
             72_000,
             1_500_000,
         );
-        assert_eq!(
-            e,
-            (72_000f64 * 1.05 / crate::allocator::USABLE_SHARE) as u64
-        );
+        assert_eq!(e, estimate_carrying(72_000f64 * 1.05));
     }
 
     #[test]
@@ -331,10 +332,7 @@ mod tests {
             470_000,
             1_300_000,
         );
-        assert_eq!(
-            e,
-            expected.min((470_000f64 * 1.05 / crate::allocator::USABLE_SHARE) as u64)
-        );
+        assert_eq!(e, expected.min(estimate_carrying(470_000f64 * 1.05)));
         // …a round trip later (0.5 s at least), still overflowing, they do.
         let e = g.effective_estimate(
             ms(1_750),
