@@ -44,6 +44,19 @@ export function setOpusFmtp(sdp, mid, fmtp) {
     .join("");
 }
 
+/** Set one Opus fmtp parameter of the m-section with `mid`, keeping the others. */
+export function setOpusParam(sdp, mid, key, value) {
+  const section = sdp
+    .split(/(?=\r\nm=)/)
+    .find((s) => s.includes(`\r\na=mid:${mid}\r\n`) || s.endsWith(`\r\na=mid:${mid}`));
+  const pt = section && (section.match(/a=rtpmap:(\d+) opus\/48000/i) || [])[1];
+  if (!pt) return sdp;
+  const current = (section.match(new RegExp(`a=fmtp:${pt} ([^\\r\\n]*)`)) || [])[1] || "";
+  const params = current.split(";").filter((p) => p && !p.startsWith(`${key}=`));
+  params.push(`${key}=${value}`);
+  return setOpusFmtp(sdp, mid, params.join(";"));
+}
+
 /** Set the frame duration (`a=ptime`) of the m-section with `mid`: the sender's Opus encoder
  * takes its frame size from the answer it applies. */
 export function setPtime(sdp, mid, ptimeMs) {
@@ -288,8 +301,10 @@ export class ConsultClient extends EventTarget {
 
   /**
    * The SFU's encoding for the thinnest receiver of one of our audio tracks: the bitrate at
-   * once (`setParameters`), the frame duration through a renegotiation whose answer carries
-   * `a=ptime` (the browser sizes its FEC from the SFU's receiver reports by itself).
+   * once (`setParameters`), then both the bitrate and the frame duration through a
+   * renegotiation whose answer carries them (`maxaveragebitrate`, `a=ptime`: the Opus
+   * encoder is configured from the answer). The browser sizes its FEC from the SFU's receiver
+   * reports by itself.
    */
   async applyAudioHint(msg) {
     const p = this.published.find((x) => x.mid === msg.mid);
@@ -301,8 +316,10 @@ export class ConsultClient extends EventTarget {
         await p.sender.setParameters(params);
       }
     }
-    if (msg.ptime_ms && msg.ptime_ms !== p.ptime) {
-      p.ptime = msg.ptime_ms;
+    const changed = (msg.ptime_ms && msg.ptime_ms !== p.ptime) || (msg.max_bitrate_bps && msg.max_bitrate_bps !== p.maxBitrate);
+    if (changed) {
+      p.ptime = msg.ptime_ms || p.ptime;
+      p.maxBitrate = msg.max_bitrate_bps || p.maxBitrate;
       await this.negotiatePublisher(false);
     }
     this.emit("audio_hint", msg);
@@ -328,6 +345,7 @@ export class ConsultClient extends EventTarget {
       // Per-track Opus settings: the sender encodes as the answer's fmtp says.
       for (const p of this.published) {
         if (p.label === "stethoscope") sdp = setOpusFmtp(sdp, p.mid, STETHOSCOPE_OPUS_FMTP);
+        if (p.maxBitrate) sdp = setOpusParam(sdp, p.mid, "maxaveragebitrate", p.maxBitrate);
         if (p.ptime) sdp = setPtime(sdp, p.mid, p.ptime);
       }
       await this.publisher.setRemoteDescription({ type: "answer", sdp });

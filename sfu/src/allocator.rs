@@ -15,7 +15,6 @@
 use consult_protocol::TrackLabel;
 use std::collections::HashMap;
 use std::hash::Hash;
-use std::ops::Not;
 use std::time::{Duration, Instant};
 
 /// Share of the estimate media may use; the rest is left for RTCP, retransmissions and
@@ -24,9 +23,7 @@ pub const USABLE_SHARE: f64 = 0.9;
 /// Kept out of every budget besides that share: the signaling WebSocket and RTCP of a thin
 /// link must get through the queue media would otherwise fill (admission, renegotiation).
 pub const SIGNALING_RESERVE_BPS: i64 = 8_000;
-/// Whether speech that does not fit beside the stethoscope is paused for a subscriber. Off
-/// until the rates the allocator counts match what a thin link carries (see `allocate`).
-pub const PAUSE_SPEECH_THAT_DOES_NOT_FIT: bool = false;
+
 /// A layer above the current one must fit with this much to spare before switching up.
 pub const UP_MARGIN: f64 = 1.25;
 /// How long the room for a higher layer must last before switching up.
@@ -105,6 +102,8 @@ pub struct Allocator<K> {
     /// The last step up: the next waits [`UPGRADE_HOLD`] more, so the estimator sees the
     /// effect of one step (a resumed track starts with a keyframe burst) before the next.
     last_upgrade: Option<Instant>,
+    /// How many speech tracks (the lowest ranked) the link cannot carry now.
+    speech_shed: usize,
 }
 
 impl<K> Default for Allocator<K> {
@@ -112,11 +111,18 @@ impl<K> Default for Allocator<K> {
         Allocator {
             tracks: HashMap::new(),
             last_upgrade: None,
+            speech_shed: 0,
         }
     }
 }
 
 impl<K: Copy + Eq + Hash> Allocator<K> {
+    /// Pause the `n` lowest-ranked speech tracks (never the stethoscope) from the next
+    /// allocation on: the link showed it cannot carry all the audio (`crate::audio_shed`).
+    pub fn set_speech_shed(&mut self, n: usize) {
+        self.speech_shed = n;
+    }
+
     /// Split `estimate_bps` across `tracks` at `now`.
     pub fn allocate(
         &mut self,
@@ -131,23 +137,28 @@ impl<K: Copy + Eq + Hash> Allocator<K> {
         let mut allocated = 0u64;
         let mut desired = 0u64;
 
-        // Audio first: the stethoscope whatever the budget, then speech by rank (the pinned,
-        // then whoever speaks, then the others) as long as it fits.
+        // Audio first, the stethoscope before speech (the pinned, then whoever speaks, then
+        // the others). Audio is forwarded whatever the estimate says: an estimate can be wrong,
+        // and audio that flows without a queue evidently fits. Speech is paused only on the
+        // link's evidence (`set_speech_shed`, from `audio_shed`): the lowest ranked first.
         let mut order: Vec<&TrackDemand<K>> = tracks.iter().collect();
         order.sort_by_key(|t| (!is_audio(t), !t.pinned, !t.speaking, clinical_rank(t.label)));
+        let speech = order
+            .iter()
+            .filter(|t| is_audio(t) && t.label != TrackLabel::Stethoscope)
+            .count();
+        let kept_speech = speech.saturating_sub(self.speech_shed);
         let mut audio_paused = false;
         // The smallest paused audio track: what probing should aim at first.
         let mut next_step: Option<u64> = None;
+        let mut speech_seen = 0;
         for t in order.iter().filter(|t| is_audio(t)) {
             let rate = t.layers.first().copied().unwrap_or(0);
             desired += rate;
-            let state = self.tracks.entry(t.key).or_default();
-            let forwarded_now = state.layer.is_some();
-            // Pausing speech that does not fit (issue 18) is held back: in the Rust 100 kbit/s
-            // scenario (`bandwidth.rs`) both tracks flow in time while the rates counted here
-            // (payload + 30 bytes a packet) say speech does not fit, so it was paused for good.
-            let fits = t.label == TrackLabel::Stethoscope || needed(rate, forwarded_now) <= budget;
-            let keep = fits || PAUSE_SPEECH_THAT_DOES_NOT_FIT.not();
+            let keep = t.label == TrackLabel::Stethoscope || {
+                speech_seen += 1;
+                speech_seen <= kept_speech
+            };
             let layer = keep.then_some(0);
             if keep {
                 budget -= rate as i64;
@@ -156,7 +167,7 @@ impl<K: Copy + Eq + Hash> Allocator<K> {
                 audio_paused = true;
                 next_step = Some(next_step.map_or(rate, |s| s.min(rate)));
             }
-            state.layer = layer;
+            self.tracks.entry(t.key).or_default().layer = layer;
             decisions.push(Decision { key: t.key, layer });
         }
 
@@ -382,11 +393,12 @@ mod tests {
         let mut a = Allocator::default();
         let out = settle(&mut a, t0(), 20_000, &demand());
         assert_eq!(out.layer_of(2), Some(0), "stethoscope");
-        if !PAUSE_SPEECH_THAT_DOES_NOT_FIT {
-            assert_eq!(out.layer_of(4), Some(0), "speech kept");
-            assert!(out.audio_only && !out.audio_paused);
-            return;
-        }
+        // An estimate alone does not pause audio: only the link's evidence does.
+        assert_eq!(out.layer_of(4), Some(0), "speech kept");
+        assert!(out.audio_only && !out.audio_paused);
+        a.set_speech_shed(5);
+        let out = a.allocate(t0() + Duration::from_secs(30), 20_000, &demand());
+        assert_eq!(out.layer_of(2), Some(0), "stethoscope");
         assert_eq!(out.layer_of(4), None, "speech paused");
         assert!(out.audio_only && out.audio_paused);
         // Probing aims at the speech that would come back.
@@ -409,13 +421,10 @@ mod tests {
     }
 
     #[test]
-    fn when_speech_does_not_all_fit_the_one_speaking_is_kept() {
-        if !PAUSE_SPEECH_THAT_DOES_NOT_FIT {
-            return;
-        }
+    fn when_speech_is_shed_the_one_speaking_is_kept() {
         let mut a = Allocator::default();
         let d = two_speakers();
-        // Usable 0.9 × 100 k − 8 k = 82 k: stethoscope 40 k, one speech 30 k.
+        a.set_speech_shed(1);
         let out = settle(&mut a, t0(), 100_000, &d);
         assert_eq!(out.layer_of(2), Some(0), "stethoscope");
         assert_eq!(out.layer_of(5), Some(0), "the speaker");
@@ -427,7 +436,8 @@ mod tests {
         d2[4].speaking = false;
         let out = a.allocate(t0() + Duration::from_secs(30), 100_000, &d2);
         assert_eq!((out.layer_of(4), out.layer_of(5)), (Some(0), None));
-        // With room for both, both flow.
+        // Shedding released: both flow.
+        a.set_speech_shed(0);
         let out = settle(&mut a, t0() + Duration::from_secs(60), 200_000, &d);
         assert_eq!((out.layer_of(4), out.layer_of(5)), (Some(0), Some(0)));
         assert!(!out.audio_paused);

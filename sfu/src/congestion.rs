@@ -46,6 +46,7 @@ pub const CUT_MARGIN: f64 = 0.85;
 #[derive(Debug)]
 pub struct CongestionGate {
     min_rtt_ms: Option<f32>,
+    queue_ms: Option<f32>,
     healthy_since: Option<Instant>,
     hold: Duration,
     congested: bool,
@@ -64,6 +65,7 @@ impl Default for CongestionGate {
     fn default() -> Self {
         CongestionGate {
             min_rtt_ms: None,
+            queue_ms: None,
             healthy_since: None,
             hold: HEALTHY_HOLD,
             congested: false,
@@ -79,6 +81,19 @@ impl CongestionGate {
     /// Whether the last update saw queueing.
     pub fn congested(&self) -> bool {
         self.congested
+    }
+
+    /// RTT above its minimum at the last update, ms.
+    pub fn queue_ms(&self) -> Option<f32> {
+        self.queue_ms
+    }
+
+    /// No queue for the current hold: a step up may be tried now.
+    pub fn may_step_up(&self, now: Instant) -> bool {
+        !self.congested
+            && self
+                .healthy_since
+                .is_some_and(|t| now.saturating_duration_since(t) >= self.hold)
     }
 
     /// The cut in force after a collapse, if any.
@@ -101,6 +116,7 @@ impl CongestionGate {
         if let Some(rtt) = rtt_ms {
             let min = self.min_rtt_ms.map_or(rtt, |m| m.min(rtt));
             self.min_rtt_ms = Some(min);
+            self.queue_ms = Some(rtt - min);
             // A queue is a sustained rise, not one delayed report (a keyframe burst).
             let queued = rtt > min + QUEUEING_MS;
             if !queued {

@@ -82,6 +82,8 @@ struct Participant {
     allocator: Allocator<(u64, Mid)>,
     /// Whether the estimate may take tracks down (queueing seen), and media probing.
     gate: CongestionGate,
+    /// How much speech its link cannot carry (see `audio_shed`).
+    shedder: crate::audio_shed::AudioShedder,
     /// Latest downlink estimates of the subscriber connection (see `estimate_bps`).
     twcc_bps: Option<u64>,
     remb_bps: Option<u64>,
@@ -504,6 +506,7 @@ impl Engine {
                 ice_restart_wanted: false,
                 audio_rtx,
                 allocator: Allocator::default(),
+                shedder: Default::default(),
                 gate: CongestionGate::default(),
                 twcc_bps: None,
                 remb_bps: None,
@@ -1075,6 +1078,11 @@ impl Engine {
                 info!(participant = %p.id, track = %o.track_id(), red, loss = ?p.subscriber.counters.link.loss_to_client, "audio redundancy");
                 o.red = red;
             }
+            let strip = congested && o.label != consult_protocol::TrackLabel::Stethoscope;
+            if strip != o.strip_red {
+                info!(participant = %p.id, track = %o.track_id(), strip, "publisher's redundancy stripped");
+                o.strip_red = strip;
+            }
         }
     }
 
@@ -1161,6 +1169,33 @@ impl Engine {
         let estimate = p
             .gate
             .effective_estimate(now, estimate, rtt, loss, flowing, wanted);
+        // Speech the link cannot carry, on its evidence (see `audio_shed`).
+        let video_flowing = p
+            .outs
+            .iter()
+            .any(|o| o.kind == TrackKind::Video && o.state == OutState::Open && o.forwarding());
+        let speech = demands
+            .iter()
+            .filter(|d| d.label == consult_protocol::TrackLabel::Microphone)
+            .count();
+        // The audio's own loss (receiver reports per stream): the worst forwarded track's.
+        let audio_loss = p
+            .outs
+            .iter()
+            .filter(|o| o.kind == TrackKind::Audio && o.state == OutState::Open && o.forwarding())
+            .filter_map(|o| o.mid.and_then(|m| p.subscriber.counters.egress_loss(m)))
+            .reduce(f32::max)
+            .or(loss);
+        let link = crate::audio_shed::LinkView {
+            audio_only: !video_flowing,
+            queue_ms: p.gate.queue_ms(),
+            rtt_ms: rtt,
+            loss: audio_loss,
+            may_step_up: p.gate.may_step_up(now),
+        };
+        let shed = p.shedder.update(now, link, speech);
+        debug!(participant = %p.id, ?link, shed, "audio shedding");
+        p.allocator.set_speech_shed(shed);
         let allocation = p.allocator.allocate(now, estimate, demands);
         debug!(participant = %p.id, raw_estimate, flowing, estimate, ?rtt, ?demands, ?allocation, "allocation");
         p.allocated_bps = allocation.allocated_bps;
@@ -1558,8 +1593,9 @@ impl Engine {
                 }
             };
             // Audio: RED to a subscriber that takes it now, plain Opus otherwise.
-            // A publisher's own RED goes to every subscriber that negotiated it.
-            let use_red = kind == TrackKind::Audio && (in_red || out.red);
+            // A publisher's own RED goes to every subscriber that negotiated it, unless its
+            // link queues (then only the stethoscope keeps it).
+            let use_red = kind == TrackKind::Audio && ((in_red && !out.strip_red) || out.red);
             let sent_red = use_red && out.red_pt.is_some();
             let (out_pt, payload) = match out.red_pt.filter(|_| use_red) {
                 Some(red_pt) => {

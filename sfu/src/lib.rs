@@ -13,6 +13,7 @@
 pub mod allocator;
 pub mod api;
 mod audio_rtx;
+pub mod audio_shed;
 pub mod congestion;
 pub mod delay;
 mod demux;

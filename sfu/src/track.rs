@@ -286,6 +286,9 @@ pub struct TrackOut {
     pub red_pt: Option<Pt>,
     /// Send it as RED now (the link loses packets, and the redundancy fits).
     pub red: bool,
+    /// Strip the publisher's own RED to plain Opus for this subscriber: its link queues, and
+    /// only the stethoscope keeps its redundancy there.
+    pub strip_red: bool,
     /// Emptying of the subscriber stream's resend cache while this copy is idle.
     pub resend_cache: crate::resend::ResendCacheState,
     /// Audio: the RTX SSRC offered for its retransmissions (see `audio_rtx`).
@@ -314,6 +317,7 @@ impl TrackOut {
             pt_map: Vec::new(),
             red_pt: None,
             red: false,
+            strip_red: false,
             resend_cache: Default::default(),
             audio_rtx: None,
         }

@@ -36,6 +36,10 @@ export class ShapedLink {
     run("ip", ["netns", "add", this.ns]);
     run("ip", ["link", "add", this.hostDev, "type", "veth", "peer", "name", this.peerDev]);
     run("ip", ["link", "set", this.peerDev, "netns", this.ns]);
+    // IPv4 only: an IPv6 link-local address appearing a moment after the link comes up makes
+    // Chromium abort its requests in flight (ERR_NETWORK_CHANGED).
+    run("sysctl", ["-qw", `net.ipv6.conf.${this.hostDev}.disable_ipv6=1`]);
+    this.inNs("sysctl", ["-qw", `net.ipv6.conf.${this.peerDev}.disable_ipv6=1`]);
     run("ip", ["addr", "add", `${this.hostIp}/30`, "dev", this.hostDev]);
     run("ip", ["link", "set", this.hostDev, "up"]);
     this.inNs("ip", ["addr", "add", `${this.peerIp}/30`, "dev", this.peerDev]);

@@ -89,6 +89,10 @@ export async function openPage(browser, url, name, contextOptions = {}) {
   page.on("console", (m) => {
     if (m.type() === "error") console.error(`[${name}] ${m.text()}`);
   });
+  page.on("response", (r) => {
+    if (r.status() >= 400) console.error(`[${name}] ${r.status()} ${r.url()}`);
+  });
+  page.on("requestfailed", (r) => console.error(`[${name}] request failed: ${r.url()} ${r.failure()?.errorText}`));
   await page.goto(url);
   try {
     await page.waitForSelector("#screen-check:not([hidden])");
