@@ -58,6 +58,8 @@ const ALLOCATION_INTERVAL: Duration = Duration::from_millis(250);
 /// again above [`LINK_OK_BPS`].
 pub const LOW_LINK_BPS: u64 = 250_000;
 pub const LINK_OK_BPS: u64 = 300_000;
+/// Under this much forwarded, str0m is asked to probe only toward the next step up.
+const THIN_LINK_BPS: u64 = 250_000;
 /// How long the estimate must stay under [`LOW_LINK_BPS`] before the link is reported low.
 pub const LOW_LINK_AFTER: Duration = Duration::from_secs(3);
 
@@ -1204,9 +1206,13 @@ impl Engine {
         // No padding (minimum 0): webrtc-rs peers leave str0m's probe packets out of their
         // TWCC feedback, which reads as loss, and on a thin link padding would queue ahead of
         // the audio. While the link shows a queue the desired rate is what flows (no probe
-        // clusters into a full queue); otherwise it is the full demand, which str0m probes for.
+        // clusters into a full queue); on a thin link, the next step up only (a probe cluster
+        // aimed at the full demand fills a 100 kbit/s queue for seconds); otherwise the full
+        // demand, which str0m probes for.
         let desired = if p.gate.congested() {
             allocation.allocated_bps
+        } else if allocation.allocated_bps < THIN_LINK_BPS {
+            allocation.next_step_bps
         } else {
             allocation.desired_bps
         };
