@@ -119,7 +119,7 @@ for s in "${scenarios[@]}"; do
       # with its downlink estimation and allocator on.
       args=(--rooms 1 --patients 0 --physician-tracks microphone --stethoscope-kbps 32
         --microphone-kbps 16 --impair physician --impair-rate-kbps 100 --impair-delay-ms 100
-        --impair-loss-pct 2 --impair-queue-ms 300) ;;
+        --impair-loss-pct 2 --impair-queue-ms 300 --downlink-estimation) ;;
     *) echo "unknown scenario $s" >&2; exit 1 ;;
   esac
   for server in ${SERVERS:-ours janus}; do

@@ -5,7 +5,8 @@
 #   threadsT-N  N consultations of 3 with T SFU shards (e.g. threads1-30 threads2-30)
 #   simulcast-N N consultations of 3 whose cameras are sent as three simulcast layers
 #   link-100k   one consultation (physician, cart), the physician behind 100 kbit/s, 100 ms,
-#               2 % loss both ways (server with --downlink-estimation)
+#               2 % loss both ways (load tester with --downlink-estimation: its webrtc-rs peers
+#               otherwise tell the server not to estimate their downlinks)
 # Writes benches/results/scale-<scenario>.json, benches/results/scale.svg and
 # benches/results/scale-summary.md (the table for benches/README.md).
 # Usage: benches/scale/run.sh [--quick] [scenario …]   (--quick: 8 s per run instead of 20)
@@ -84,7 +85,7 @@ for s in "${scenarios[@]}"; do
       start_server --downlink-estimation
       # As in the scenario: the cart's stethoscope at 32 kbit/s and speech at 16, the
       # physician sending speech only; video must give way.
-      run "$s" --rooms 1 --patients 0 --physician-tracks microphone --stethoscope-kbps 32 \
+      run "$s" --rooms 1 --patients 0 --physician-tracks microphone --stethoscope-kbps 32 --downlink-estimation \
         --microphone-kbps 16 --impair physician --impair-rate-kbps 100 --impair-delay-ms 100 \
         --impair-loss-pct 2 --impair-queue-ms 300
       stop_server ;;

@@ -66,7 +66,7 @@ fn join(
         Command::Join {
             room: "bench".into(),
             participant: id.into(),
-            audio_rtx: false,
+            caps: Default::default(),
             events,
             reply,
         },

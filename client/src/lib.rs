@@ -50,6 +50,11 @@ pub struct ClientOptions {
     /// Leave out the RTX repair interceptor (`rtx.rs`): only to show the webrtc-rs defect it
     /// works around.
     pub without_rtx_repair: bool,
+    /// Have the SFU estimate this client's downlink although webrtc-rs 0.17's TWCC feedback
+    /// leaves out its probe packets (the SFU's congestion gate copes with the estimate that
+    /// then sinks; for thin-link tests and benches). Off: `join` says `twcc_omits_probes`,
+    /// and every track comes at its best layer.
+    pub downlink_estimation: bool,
     /// An extra certificate (PEM) to trust for `wss://`, e.g. the server's self-signed
     /// development certificate.
     pub trusted_cert_pem: Option<Vec<u8>>,
@@ -145,6 +150,7 @@ impl Client {
             room: None,
             // webrtc-rs repairs audio from RTX through `rtx::RtxRepairBuilder`.
             audio_rtx: !options.without_rtx_repair,
+            twcc_omits_probes: !options.downlink_estimation,
         })
         .map_err(|_| anyhow!("signaling closed"))?;
         let first = tokio::time::timeout(Duration::from_secs(10), incoming.recv())

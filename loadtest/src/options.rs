@@ -103,6 +103,11 @@ pub struct Options {
     #[arg(long, default_value_t = 0.0)]
     pub impair_loss_pct: f64,
 
+    /// Have the SFU estimate the participants' downlinks (and allocate them by clinical
+    /// priority) although webrtc-rs's TWCC feedback omits probe packets: for thin-link runs.
+    #[arg(long)]
+    pub downlink_estimation: bool,
+
     /// Run against Janus's VideoRoom plugin at this WebSocket URL (e.g. ws://127.0.0.1:8188)
     /// instead of our server, for a comparison on the same machine (see `janus.rs`).
     #[arg(long)]

@@ -156,6 +156,7 @@ async fn drive(
         ClientOptions {
             media_via: relay.as_ref().map(|r| r.addr()),
             trusted_cert_pem: ctx.trusted_cert_pem.clone(),
+            downlink_estimation: ctx.options.downlink_estimation,
             ..ClientOptions::default()
         },
     )

@@ -118,6 +118,12 @@ pub enum ClientMsg {
         /// not (an audio RTX stream in an offer makes them refuse it): leave it out.
         #[serde(default, skip_serializing_if = "std::ops::Not::not")]
         audio_rtx: bool,
+        /// The client's transport-wide congestion control feedback leaves out the SFU's probe
+        /// packets (webrtc-rs 0.17), which sinks a send-side estimate on a healthy link: its
+        /// downlink is then not estimated and every track goes at its best layer. Browsers
+        /// leave it out.
+        #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+        twcc_omits_probes: bool,
     },
     /// SDP offer of the publisher connection, with what each sending m-line carries.
     /// Tracks missing from the list (or m-lines no longer sending) are unpublished.

@@ -78,6 +78,15 @@ pub struct TapPacket {
     pub payload: std::sync::Arc<[u8]>,
 }
 
+/// What a client's `join` said of its WebRTC stack.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct ClientCaps {
+    /// It takes Opus retransmissions (see `audio_rtx`).
+    pub audio_rtx: bool,
+    /// Its TWCC feedback leaves out probe packets: its downlink is not estimated.
+    pub twcc_omits_probes: bool,
+}
+
 /// Commands from signaling to the SFU.
 #[derive(Debug)]
 pub enum Command {
@@ -85,8 +94,7 @@ pub enum Command {
     Join {
         room: String,
         participant: ParticipantId,
-        /// The client takes Opus retransmissions (see `audio_rtx`).
-        audio_rtx: bool,
+        caps: ClientCaps,
         events: mpsc::UnboundedSender<SfuEvent>,
         reply: oneshot::Sender<Result<(), SfuError>>,
     },
@@ -337,14 +345,14 @@ impl SfuHandle {
         &self,
         room: &str,
         participant: &str,
-        audio_rtx: bool,
+        caps: ClientCaps,
         events: mpsc::UnboundedSender<SfuEvent>,
     ) -> impl std::future::Future<Output = Result<(), SfuError>> + Send + 'static {
         let (reply, rx) = oneshot::channel();
         let sent = self.send(Command::Join {
             room: room.to_owned(),
             participant: participant.to_owned(),
-            audio_rtx,
+            caps,
             events,
             reply,
         });

@@ -348,11 +348,11 @@ impl Engine {
             Command::Join {
                 room,
                 participant,
-                audio_rtx,
+                caps,
                 events,
                 reply,
             } => {
-                let _ = reply.send(self.join(now, room, participant, audio_rtx, events));
+                let _ = reply.send(self.join(now, room, participant, caps, events));
             }
             Command::PublishOffer {
                 participant,
@@ -464,15 +464,16 @@ impl Engine {
         now: Instant,
         room: String,
         id: ParticipantId,
-        audio_rtx: bool,
+        caps: crate::api::ClientCaps,
         events: UnboundedSender<SfuEvent>,
     ) -> Result<(), SfuError> {
         if self.ids.contains_key(&id) {
             return Err(SfuError::AlreadyJoined);
         }
         let publisher = Peer::new(now, self.candidate_addr, false).map_err(SfuError::BadSdp)?;
-        let subscriber = Peer::new(now, self.candidate_addr, self.downlink_estimation)
-            .map_err(SfuError::BadSdp)?;
+        // A client whose TWCC feedback omits probes would sink the estimate on a good link.
+        let estimate = self.downlink_estimation && !caps.twcc_omits_probes;
+        let subscriber = Peer::new(now, self.candidate_addr, estimate).map_err(SfuError::BadSdp)?;
         let key = self.next_key;
         self.next_key += 1;
         self.demux
@@ -506,7 +507,7 @@ impl Engine {
                 outs,
                 pending_offer: None,
                 ice_restart_wanted: false,
-                audio_rtx,
+                audio_rtx: caps.audio_rtx,
                 allocator: Allocator::default(),
                 shedder: Default::default(),
                 gate: CongestionGate::default(),

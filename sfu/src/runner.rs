@@ -31,7 +31,7 @@ impl Default for SfuConfig {
         SfuConfig {
             bind: SocketAddr::from(([127, 0, 0, 1], 0)),
             public_addr: None,
-            downlink_estimation: false,
+            downlink_estimation: true,
             threads: None,
         }
     }

@@ -36,9 +36,9 @@ pub struct Config {
     pub recording_key: Option<String>,
     /// Estimate each subscriber's downlink (str0m's TWCC send-side estimator and pacer) and
     /// allocate it by clinical priority: the stethoscope first, then speech, then video;
-    /// video paused below what the link carries. Still off by default: with webrtc-rs 0.17
-    /// peers (the cart, the load tester) the estimator's start pauses video that their tests
-    /// expect at once, and their TWCC feedback omits str0m's probes (issues 18 and 19).
+    /// video paused below what the link carries. On by default; a client whose `join` says
+    /// its TWCC feedback omits probes (webrtc-rs 0.17: the cart and the load tester unless
+    /// told otherwise) gets every track at its best layer.
     pub downlink_estimation: bool,
     /// Media-plane threads, each owning whole rooms (0: one per core).
     pub sfu_threads: usize,
@@ -59,7 +59,7 @@ impl Default for Config {
             data_dir: PathBuf::from("data"),
             token_ttl_secs: 4 * 3600,
             recording_key: None,
-            downlink_estimation: false,
+            downlink_estimation: true,
             sfu_threads: 0,
         }
     }

@@ -20,8 +20,8 @@ pub enum Outbound {
 pub struct SessionHandle {
     pub out: mpsc::Sender<Outbound>,
     pub sfu_events: mpsc::UnboundedSender<SfuEvent>,
-    /// The client takes Opus retransmissions (its `join` said so).
-    pub audio_rtx: bool,
+    /// What its `join` said of its WebRTC stack.
+    pub caps: consult_sfu::api::ClientCaps,
 }
 
 pub struct Hub {
@@ -141,14 +141,14 @@ impl Hub {
             Effect::Send { to, msg } => self.send(&to, Outbound::Msg(msg)),
             Effect::Close { to } => self.send(&to, Outbound::Close),
             Effect::StartMedia { id } => {
-                let Some((events, audio_rtx)) = self
+                let Some((events, caps)) = self
                     .sessions
                     .get(&id)
-                    .map(|s| (s.sfu_events.clone(), s.audio_rtx))
+                    .map(|s| (s.sfu_events.clone(), s.caps))
                 else {
                     return;
                 };
-                let joined = self.sfu.join(room, &id, audio_rtx, events);
+                let joined = self.sfu.join(room, &id, caps, events);
                 tokio::spawn(async move {
                     if let Err(e) = joined.await {
                         warn!(participant = id, "media session not created: {e}");

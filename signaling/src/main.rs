@@ -42,9 +42,13 @@ struct Cli {
     /// Recording encryption key, 64 hex digits (default: generated in the data dir).
     #[arg(long, env = "CONSULT_RECORDING_KEY", hide_env_values = true)]
     recording_key: Option<String>,
-    /// Estimate subscribers' downlinks and pause video (audio first) when a link is short.
-    #[arg(long, env = "CONSULT_DOWNLINK_ESTIMATION")]
+    /// Kept for older scripts: downlink estimation is on by default.
+    #[arg(long, hide = true)]
     downlink_estimation: bool,
+    /// Do not estimate subscribers' downlinks: every track is forwarded at its best layer
+    /// whatever the link carries.
+    #[arg(long, env = "CONSULT_NO_DOWNLINK_ESTIMATION")]
+    no_downlink_estimation: bool,
     /// Media-plane threads, each owning whole rooms (default: one per core).
     #[arg(long, env = "CONSULT_SFU_THREADS")]
     sfu_threads: Option<usize>,
@@ -130,8 +134,8 @@ fn config(cli: &Cli) -> anyhow::Result<Config> {
     if let Some(v) = &cli.recording_key {
         c.recording_key = Some(v.clone());
     }
-    if cli.downlink_estimation {
-        c.downlink_estimation = true;
+    if cli.no_downlink_estimation {
+        c.downlink_estimation = false;
     }
     if let Some(n) = cli.sfu_threads {
         c.sfu_threads = n;

@@ -7,6 +7,7 @@ use axum::extract::ws::{CloseFrame, Message, Utf8Bytes, WebSocket};
 use consult_protocol::{
     ClientMsg, ErrorCode, LeaveReason, ServerMsg, TokenClaims, MAX_MESSAGE_BYTES, PROTOCOL_VERSION,
 };
+use consult_sfu::api::ClientCaps;
 use consult_sfu::SfuEvent;
 use futures_util::stream::{SplitSink, SplitStream};
 use futures_util::{SinkExt, StreamExt};
@@ -141,7 +142,7 @@ async fn await_join(
     state: &AppState,
     sink: &mut Sink,
     stream: &mut SplitStream<WebSocket>,
-) -> Option<(TokenClaims, bool)> {
+) -> Option<(TokenClaims, ClientCaps)> {
     let first = match tokio::time::timeout(JOIN_TIMEOUT, next_incoming(stream)).await {
         Ok(i) => i,
         Err(_) => {
@@ -157,8 +158,15 @@ async fn await_join(
             token,
             room,
             audio_rtx,
+            twcc_omits_probes,
         }) => match check_join(state, version, &token, room.as_deref()) {
-            Ok(claims) => return Some((claims, audio_rtx)),
+            Ok(claims) => {
+                let caps = ClientCaps {
+                    audio_rtx,
+                    twcc_omits_probes,
+                };
+                return Some((claims, caps));
+            }
             Err(r) => r,
         },
         Incoming::Msg(_) => Rejected::new(ErrorCode::NotJoined, "the first message must be join"),
@@ -215,7 +223,7 @@ fn new_participant_id() -> String {
 
 pub async fn run_session(state: Arc<AppState>, socket: WebSocket) {
     let (mut sink, mut stream) = socket.split();
-    let Some((claims, audio_rtx)) = await_join(&state, &mut sink, &mut stream).await else {
+    let Some((claims, caps)) = await_join(&state, &mut sink, &mut stream).await else {
         return;
     };
     let id = new_participant_id();
@@ -227,7 +235,7 @@ pub async fn run_session(state: Arc<AppState>, socket: WebSocket) {
         SessionHandle {
             out: out_tx,
             sfu_events: sfu_tx,
-            audio_rtx,
+            caps,
         },
     );
     let joined = state.hub.input(

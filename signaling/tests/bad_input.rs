@@ -74,6 +74,7 @@ fn join_msg(token: &str) -> String {
         token: token.into(),
         room: None,
         audio_rtx: false,
+        twcc_omits_probes: false,
     })
     .unwrap()
 }
@@ -177,6 +178,7 @@ async fn bad_tokens_and_wrong_room_are_refused() {
         token: srv.token("room-a", "pat", Role::Patient),
         room: Some("room-b".into()),
         audio_rtx: false,
+        twcc_omits_probes: false,
     })
     .unwrap();
     send(&mut ws, &msg).await;

@@ -104,8 +104,10 @@ async fn consultation_at_100_kbps_keeps_the_stethoscope() {
             Role::Physician,
             ClientOptions {
                 media_via: Some(relay.addr()),
-                // As browsers do: the SFU may send the audio with redundancy.
+                // As browsers do: the SFU may send the audio with redundancy, and estimates
+                // the downlink.
                 red: true,
+                downlink_estimation: true,
                 ..ClientOptions::default()
             },
         )

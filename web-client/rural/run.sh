@@ -5,7 +5,6 @@
 # Needs root. Not yet part of scripts/test.sh: its clinical bounds are not met yet (issue 18).
 #   CONSULT_RURAL_SECONDS=60   how long the link stays at 100 kbit/s (default 30)
 #   CONSULT_RURAL_CAPTURE=f    tcpdump of the physician's side of the link into f (needs tcpdump)
-#   CONSULT_RURAL_DEFAULTS=1   the server without --downlink-estimation
 set -euo pipefail
 cd "$(dirname "$0")/.."
 root=$(cd .. && pwd)

@@ -1,7 +1,6 @@
 // The physician's Chromium behind a 100 kbit/s rural link (tc tbf on a veth pair into a network
 // namespace of its own, both ways), the cart (companion page: stethoscope, microphone, camera,
-// otoscope) and the patient on a good link, the server with downlink estimation
-// (CONSULT_RURAL_DEFAULTS=1: with its default options). Figures from the
+// otoscope) and the patient on a good link, the server with its default options. Figures from the
 // physician's getStats; JSON time series and full-page screenshots in test-artifacts/.
 // Run by rural/run.sh (root: it creates and removes the namespace).
 
@@ -45,9 +44,8 @@ before(async () => {
   if (process.env.CONSULT_RURAL_CAPTURE) {
     capture = spawn("ip", ["netns", "exec", link.ns, "tcpdump", "-q", "-s", "96", "-i", link.peerDev, "-w", process.env.CONSULT_RURAL_CAPTURE], { stdio: "ignore" });
   }
-  // Downlink estimation is still opt-in (issue 18: it is to become the default).
-  const estimation = process.env.CONSULT_RURAL_DEFAULTS ? [] : ["--downlink-estimation"];
-  server = await startServer(["--http-bind", `${link.hostIp}:0`, "--udp-bind", `${link.hostIp}:0`, ...estimation], { apiSecret: SECRET });
+  // The server's default options (downlink estimation on).
+  server = await startServer(["--http-bind", `${link.hostIp}:0`, "--udp-bind", `${link.hostIp}:0`], { apiSecret: SECRET });
   local = await launchChromium();
   remote = await launchChromium(link.chromiumWrapper());
 });
