@@ -48,6 +48,10 @@ const MAX_SLEEP: Duration = Duration::from_millis(100);
 /// A simulcast layer nobody has received for this long may be paused by its publisher.
 pub const LAYER_PAUSE_AFTER: Duration = Duration::from_secs(3);
 
+/// A publisher's uplink losing this share or more counts as a thin link for its audio's
+/// encoding step.
+const UPLINK_LOSSY: f32 = 0.05;
+
 /// Shortest gap between two loss hints to one audio publisher.
 pub const AUDIO_HINT_INTERVAL: Duration = Duration::from_secs(2);
 
@@ -1120,6 +1124,17 @@ impl Engine {
         }
         for (key, p) in self.participants.iter_mut() {
             let up = p.publisher.counters.link.loss_from_client.unwrap_or(0.0);
+            // The publisher's own uplink, when it loses: what gets through of all it sends is
+            // what it carries (a physician behind the same thin link as its downlink).
+            let uplink = (up >= UPLINK_LOSSY).then(|| {
+                let sent: u64 = p
+                    .tracks
+                    .iter()
+                    .flat_map(|t| t.layers.iter())
+                    .map(|l| l.rate.bps(now))
+                    .sum();
+                (sent as f64 * f64::from(1.0 - up)) as u64
+            });
             for t in p.tracks.iter_mut().filter(|t| t.kind == TrackKind::Audio) {
                 let down = worst.get(&(*key, t.mid)).copied().unwrap_or(0.0);
                 let sample = (up + down).clamp(0.0, 0.5);
@@ -1133,9 +1148,11 @@ impl Engine {
                     }
                 };
                 let steps = consult_protocol::audio_steps::audio_steps(t.label);
-                let step_changed = thinnest
-                    .get(&(*key, t.mid))
-                    .is_some_and(|link| t.audio_step.update(now, steps, *link));
+                let link = match (thinnest.get(&(*key, t.mid)).copied(), uplink) {
+                    (Some(a), Some(b)) => Some(a.min(b)),
+                    (a, b) => a.or(b),
+                };
+                let step_changed = link.is_some_and(|link| t.audio_step.update(now, steps, link));
                 if loss_due || step_changed {
                     if loss_due {
                         t.loss_hint = Some((pct, now));
