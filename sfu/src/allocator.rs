@@ -3,11 +3,12 @@
 //! Each subscriber's downlink estimate is split across the tracks it receives: audio first —
 //! the stethoscope (never paused), then the participant speaking (voice activity), then other
 //! speech — then video by rank: a track the physician pinned, then examination video
-//! (otoscope), shared screen, faces (camera). Speech that does not fit beside the stethoscope
-//! is paused for that subscriber (lowest rank first) rather than sent into a queue where it
-//! would delay the stethoscope. A video track gets the highest layer that fits what is left;
-//! one whose lowest layer does not fit is paused rather than sent at a rate the link cannot
-//! carry. With every video track paused the subscriber is in *audio-only* mode.
+//! (otoscope), shared screen, faces (camera). Audio is never paused for want of estimate;
+//! speech the link shows it cannot carry (`crate::audio_shed`) is paused for that subscriber,
+//! lowest rank first, so it does not delay the stethoscope. A video track gets the highest
+//! layer that fits what is left; one whose lowest layer does not fit is paused rather than
+//! sent at a rate the link cannot carry. With every video track paused the subscriber is in
+//! *audio-only* mode.
 //!
 //! Against oscillation: going down is immediate (audio must not queue behind video), going up
 //! needs [`UP_MARGIN`] of room above the layer's rate, held for [`UPGRADE_HOLD`].
