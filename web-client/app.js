@@ -393,18 +393,27 @@ async function takeFrameStill(video, label) {
 
 // ---------- bandwidth ----------
 
-/** The link toward us is short: say so, and mark the video tiles the server paused. */
+/**
+ * The link toward us is short: say what the server paused (video, and speech it could not
+ * carry beside the stethoscope), and mark those tiles. It claims nothing about what still
+ * flows: the quality indicator measures that.
+ */
 function renderBandwidth(msg) {
   const banner = $("bandwidth-banner");
   const mode = msg.audio_only ? "audio-only" : msg.low_link ? "low" : "ok";
-  document.body.dataset.bandwidth = mode;
-  banner.hidden = mode === "ok";
-  $("bandwidth-text").textContent =
-    mode === "audio-only" ? t("bandwidth_audio_only") : mode === "low" ? t("bandwidth_low") : "";
   const paused = new Set(msg.paused_track_ids);
-  for (const { tile, info } of state.remote.values()) {
-    tile.classList.toggle("paused", info.kind === "video" && paused.has(info.track_id));
+  const remote = [...state.remote.values()];
+  const speech = remote.filter(({ info }) => info.kind === "audio" && paused.has(info.track_id));
+  document.body.dataset.bandwidth = mode;
+  document.body.dataset.speechPaused = String(speech.length);
+  banner.hidden = mode === "ok" && !speech.length;
+  let text = mode === "audio-only" ? t("bandwidth_audio_only") : mode === "low" ? t("bandwidth_low") : "";
+  if (speech.length) {
+    const names = speech.map(({ info }) => participantName(info.participant_id)).join(", ");
+    text = `${text} ${t("bandwidth_speech_paused")} ${names}.`.trim();
   }
+  $("bandwidth-text").textContent = text;
+  for (const { tile, info } of remote) tile.classList.toggle("paused", paused.has(info.track_id));
 }
 
 // ---------- recording consent ----------

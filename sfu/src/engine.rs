@@ -1116,7 +1116,10 @@ impl Engine {
                     .unwrap_or(link_loss);
                 let w = worst.entry(o.source).or_insert(0.0);
                 *w = w.max(loss);
-                if let Some(link) = p.allocation_estimate_bps {
+                // Only a link that shows it is thin (queueing, or reported low): an estimate
+                // that is still ramping up at a join says nothing about the link.
+                let thin = p.gate.congested() || p.low_link;
+                if let Some(link) = p.allocation_estimate_bps.filter(|_| thin) {
                     let t = thinnest.entry(o.source).or_insert(u64::MAX);
                     *t = (*t).min(link);
                 }

@@ -130,6 +130,12 @@ test("the link drops from 2 Mbit/s to 100 kbit/s and back: audio stays clean, vi
   link.setRate(100);
   await sleep(THIN_SECONDS * 1000);
   await doc.screenshot({ path: join(ARTIFACTS, "rural-link-physician-thin.png"), fullPage: true });
+  const banner = await doc.evaluate(() => ({
+    shown: !document.getElementById("bandwidth-banner").hidden,
+    text: document.getElementById("bandwidth-text").textContent,
+    speechPaused: document.body.dataset.speechPaused,
+  }));
+  console.log(`physician's banner at 100 kbit/s: ${JSON.stringify(banner)}`);
   // What the cart was told to encode its audio at, and what it sends (packets per second).
   const sent = async () => (await cart.evaluate(() => window.consult.client.rtpStats())).outbound.filter((o) => o.kind === "audio");
   const s0 = await sent();
@@ -166,7 +172,7 @@ test("the link drops from 2 Mbit/s to 100 kbit/s and back: audio stays clean, vi
   logTable("at 2 Mbit/s", before);
   logTable(`at 100 kbit/s, ${THIN_SECONDS} s from 2 s after the drop`, settled);
   console.log(`camera top layer (${topWidth} px) back after ${topBackMs} ms`);
-  report("drop", { cartAudio, topWidth, topBackMs, dropAt, thinEnd, backAt, before, settled, samples: all, queue });
+  report("drop", { banner, cartAudio, topWidth, topBackMs, dropAt, thinEnd, backAt, before, settled, samples: all, queue });
   await doc.screenshot({ path: join(ARTIFACTS, "rural-link-physician-recovered.png"), fullPage: true });
   await Promise.all([cart, patient, doc].map((p) => p.context().close()));
 

@@ -100,7 +100,8 @@ test("waiting room, admission, media both ways, stethoscope settings and a still
   const topWidth = Math.max(...sentLayers.map((o) => o.frameWidth || 0));
   console.log(`camera layers sent: ${JSON.stringify(sentLayers.map((o) => [o.rid, o.frameWidth]))}`);
   await waitStats(doc, "physician gets the top camera layer", (s) =>
-    inbound(s, "camera").some((i) => i.frameWidth === topWidth && i.framesDecoded > 0),
+    // (at least as wide as the top layer now: Chromium may scale it down under CPU load)
+    inbound(s, "camera").some((i) => i.frameWidth >= topWidth && i.framesDecoded > 0),
   );
   const encodings = await waitFor(async () => {
     const e = await cart.evaluate((mid) => {
