@@ -102,7 +102,7 @@ struct Participant {
     audio_only: bool,
     low_link: bool,
     /// Tracks paused for this subscriber, as last told to the client.
-    paused_notified: Vec<String>,
+    paused_notified: Vec<(u64, Mid)>,
     /// Since when the estimate has been under the low-link threshold.
     low_since: Option<Instant>,
     /// (minimum, desired) last given to str0m's estimator.
@@ -1273,16 +1273,23 @@ impl Engine {
             .low_since
             .is_some_and(|t| now.saturating_duration_since(t) >= LOW_LINK_AFTER);
         let audio_only = p.allocation_audio_only;
-        let paused: Vec<String> = p
+        // Compared by source every tick; the track ids are only formatted for a notice.
+        let paused_now = p
             .outs
             .iter()
             .filter(|o| o.state == OutState::Open && !o.forwarding())
-            .map(|o| o.track_id())
-            .collect();
-        if audio_only != p.audio_only || low_link != p.low_link || paused != p.paused_notified {
+            .map(|o| o.source);
+        let unchanged = paused_now.clone().eq(p.paused_notified.iter().copied());
+        if audio_only != p.audio_only || low_link != p.low_link || !unchanged {
             p.audio_only = audio_only;
             p.low_link = low_link;
-            p.paused_notified = paused.clone();
+            p.paused_notified = paused_now.collect();
+            let paused: Vec<String> = p
+                .outs
+                .iter()
+                .filter(|o| o.state == OutState::Open && !o.forwarding())
+                .map(|o| o.track_id())
+                .collect();
             info!(participant = %p.id, estimate, audio_only, low_link, ?paused, "allocation mode");
             p.notify(SfuEvent::Bandwidth {
                 audio_only,
