@@ -399,6 +399,7 @@ async function takeFrameStill(video, label) {
  * flows: the quality indicator measures that.
  */
 function renderBandwidth(msg) {
+  state.lastBandwidth = msg;
   const banner = $("bandwidth-banner");
   const mode = msg.audio_only ? "audio-only" : msg.low_link ? "low" : "ok";
   const paused = new Set(msg.paused_track_ids);
@@ -406,12 +407,16 @@ function renderBandwidth(msg) {
   const speech = remote.filter(({ info }) => info.kind === "audio" && paused.has(info.track_id));
   document.body.dataset.bandwidth = mode;
   document.body.dataset.speechPaused = String(speech.length);
-  banner.hidden = mode === "ok" && !speech.length;
+  // Our own video held back by the server: our uplink cannot carry it.
+  const ownPaused = (state.client?.published || []).some((p) => p.uplinkPaused);
+  document.body.dataset.uplinkPaused = ownPaused ? "1" : "0";
+  banner.hidden = mode === "ok" && !speech.length && !ownPaused;
   let text = mode === "audio-only" ? t("bandwidth_audio_only") : mode === "low" ? t("bandwidth_low") : "";
   if (speech.length) {
     const names = speech.map(({ info }) => participantName(info.participant_id)).join(", ");
     text = `${text} ${t("bandwidth_speech_paused")} ${names}.`.trim();
   }
+  if (ownPaused) text = `${text} ${t("uplink_paused")}`.trim();
   $("bandwidth-text").textContent = text;
   for (const { tile, info } of remote) tile.classList.toggle("paused", paused.has(info.track_id));
 }
@@ -561,6 +566,7 @@ async function join() {
   c.addEventListener("still", (e) => addToGallery(e.detail.still));
   c.addEventListener("recording", (e) => renderRecording(e.detail));
   c.addEventListener("bandwidth", (e) => renderBandwidth(e.detail));
+  c.addEventListener("layers", () => renderBandwidth(state.lastBandwidth || { audio_only: false, low_link: false, paused_track_ids: [] }));
   setupRecordingBanner();
   c.addEventListener("device", (e) => onDeviceControl(e.detail).catch((err) => problem(String(err))));
   c.addEventListener("upload", (e) => {

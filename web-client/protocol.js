@@ -70,6 +70,22 @@ export function setPtime(sdp, mid, ptimeMs) {
     .join("");
 }
 
+/** Take audio redundancy (RED) out of the m-section with `mid` of an answer: the sender then
+ * sends plain Opus (its uplink is thin and RED would double the audio on it). */
+export function dropRed(sdp, mid) {
+  const sections = sdp.split(/(?=\r\nm=)/);
+  return sections
+    .map((s) => {
+      if (!s.includes(`\r\na=mid:${mid}\r\n`) && !s.endsWith(`\r\na=mid:${mid}`)) return s;
+      const pt = (s.match(/a=rtpmap:(\d+) red\/48000/i) || [])[1];
+      if (!pt) return s;
+      return s
+        .replace(/(\r\nm=audio \S+ \S+)([ \d]*)/, (_, head, pts) => head + pts.split(" ").filter((x) => x && x !== pt).map((x) => " " + x).join(""))
+        .replace(new RegExp(`\\r\\na=(rtpmap|fmtp|rtcp-fb):${pt} [^\\r\\n]*`, "g"), "");
+    })
+    .join("");
+}
+
 async function sha256Hex(blob) {
   const digest = await crypto.subtle.digest("SHA-256", await blob.arrayBuffer());
   return [...new Uint8Array(digest)].map((b) => b.toString(16).padStart(2, "0")).join("");
@@ -126,11 +142,15 @@ export class ConsultClient extends EventTarget {
           }
           return;
         }
-        this.handle(msg).catch((e) => this.emit("problem", { message: String(e) }));
+        this.handle(msg).catch((e) => {
+          this.note("problem", { type: msg.type, message: String(e) });
+          this.emit("problem", { message: String(e) });
+        });
       };
-      ws.onclose = () => {
+      ws.onclose = (ev) => {
         if (!joined) reject(new Error("connection closed"));
-        this.emit("closed", {});
+        this.closedWith = { code: ev.code, reason: ev.reason, at: Date.now() };
+        this.emit("closed", this.closedWith);
       };
       ws.onerror = () => this.emit("problem", { message: "websocket error" });
     });
@@ -239,7 +259,10 @@ export class ConsultClient extends EventTarget {
         this.applyAudioHint(msg).catch((e) => this.emit("problem", { code: "internal", message: String(e) }));
         break;
       case "publisher_layers":
-        this.setActiveLayers(msg.mid, msg.active_rids).catch((e) => this.emit("problem", { code: "internal", message: String(e) }));
+        this.setActiveLayers(msg.mid, msg.active_rids, msg.uplink_paused || false).catch((e) => {
+          this.note("problem", { type: msg.type, message: String(e) });
+          this.emit("problem", { code: "internal", message: String(e) });
+        });
         break;
       case "error":
         if (this.pendingPublish && (msg.code === "bad_sdp" || msg.code === "not_admitted")) {
@@ -289,14 +312,41 @@ export class ConsultClient extends EventTarget {
   }
 
   /** Pause the simulcast layers of a published track that nobody receives (SFU hint). */
-  async setActiveLayers(mid, activeRids) {
+  /**
+   * The SFU's `publisher_layers`: the simulcast layers someone receives, or (`uplinkPaused`)
+   * no video at all on this track, our uplink cannot carry it.
+   */
+  async setActiveLayers(mid, activeRids, uplinkPaused) {
     const p = this.published.find((x) => x.mid === mid);
     if (!p) return;
+    p.activeRids = activeRids;
+    p.uplinkPaused = !!uplinkPaused;
+    await this.applyLayers(p);
+    this.emit("layers", { mid, active_rids: activeRids, uplink_paused: !!uplinkPaused });
+  }
+
+  /** Set a published video's encodings as the SFU last asked (also after a renegotiation,
+   * whose answer makes Chromium send every layer again). */
+  async applyLayers(p, force = false) {
+    if (!p.activeRids) return;
     const params = p.sender.getParameters();
-    if (!params.encodings || !params.encodings.some((e) => e.rid)) return;
-    for (const e of params.encodings) if (e.rid) e.active = activeRids.includes(e.rid);
-    await p.sender.setParameters(params);
-    this.emit("layers", { mid, active_rids: activeRids });
+    if (!params.encodings || !params.encodings.length) return;
+    const simulcast = params.encodings.some((e) => e.rid);
+    let changed = false;
+    for (const e of params.encodings) {
+      const active = !p.uplinkPaused && (!simulcast || p.activeRids.includes(e.rid));
+      changed ||= e.active !== active;
+      e.active = active;
+    }
+    if (changed || force) await p.sender.setParameters(params);
+    this.note("layers", { mid: p.mid, active: params.encodings.map((e) => e.active), force });
+  }
+
+  /** A short record of what the client applied, for diagnosis (`window.consult.client.log`). */
+  note(what, detail) {
+    this.log = this.log || [];
+    this.log.push({ t: Date.now(), what, ...detail });
+    if (this.log.length > 100) this.log.shift();
   }
 
   /**
@@ -304,7 +354,8 @@ export class ConsultClient extends EventTarget {
    * once (`setParameters`), then both the bitrate and the frame duration through a
    * renegotiation whose answer carries them (`maxaveragebitrate`, `a=ptime`: the Opus
    * encoder is configured from the answer). The browser sizes its FEC from the SFU's receiver
-   * reports by itself.
+   * reports by itself. `redundancy: false` (our uplink is thin): plain Opus instead of RED,
+   * through the answer as well (`setParameters` codec selection does not switch RED off).
    */
   async applyAudioHint(msg) {
     const p = this.published.find((x) => x.mid === msg.mid);
@@ -316,10 +367,13 @@ export class ConsultClient extends EventTarget {
         await p.sender.setParameters(params);
       }
     }
-    const changed = (msg.ptime_ms && msg.ptime_ms !== p.ptime) || (msg.max_bitrate_bps && msg.max_bitrate_bps !== p.maxBitrate);
+    // RED off (or back) goes through the answer too: Chromium cannot switch it otherwise.
+    const redundancy = typeof msg.redundancy === "boolean" ? msg.redundancy : p.redundancy !== false;
+    const changed = redundancy !== (p.redundancy !== false) || (msg.ptime_ms && msg.ptime_ms !== p.ptime) || (msg.max_bitrate_bps && msg.max_bitrate_bps !== p.maxBitrate);
     if (changed) {
       p.ptime = msg.ptime_ms || p.ptime;
       p.maxBitrate = msg.max_bitrate_bps || p.maxBitrate;
+      p.redundancy = redundancy;
       await this.negotiatePublisher(false);
     }
     this.emit("audio_hint", msg);
@@ -347,8 +401,11 @@ export class ConsultClient extends EventTarget {
         if (p.label === "stethoscope") sdp = setOpusFmtp(sdp, p.mid, STETHOSCOPE_OPUS_FMTP);
         if (p.maxBitrate) sdp = setOpusParam(sdp, p.mid, "maxaveragebitrate", p.maxBitrate);
         if (p.ptime) sdp = setPtime(sdp, p.mid, p.ptime);
+        if (p.redundancy === false) sdp = dropRed(sdp, p.mid);
       }
       await this.publisher.setRemoteDescription({ type: "answer", sdp });
+      this.note("publish_answer", { red: this.published.filter((p) => p.redundancy === false).map((p) => p.mid) });
+      for (const p of this.published) await this.applyLayers(p, true).catch(() => {});
     });
     this.negotiation = run;
     return run;
@@ -512,7 +569,8 @@ export class ConsultClient extends EventTarget {
           const info = this.subscribed.get(s.mid) || {};
           out.inbound.push({ ...info, kind: s.kind, mid: s.mid, bytesReceived: s.bytesReceived, packetsReceived: s.packetsReceived, packetsLost: s.packetsLost, jitter: s.jitter, framesDecoded: s.framesDecoded, frameWidth: s.frameWidth, frameHeight: s.frameHeight });
         } else if (s.type === "outbound-rtp") {
-          out.outbound.push({ kind: s.kind, mid: s.mid, rid: s.rid, bytesSent: s.bytesSent, packetsSent: s.packetsSent, framesEncoded: s.framesEncoded, frameWidth: s.frameWidth });
+          const codec = s.codecId && report.get(s.codecId);
+          out.outbound.push({ kind: s.kind, mid: s.mid, rid: s.rid, bytesSent: s.bytesSent, packetsSent: s.packetsSent, framesEncoded: s.framesEncoded, frameWidth: s.frameWidth, codec: codec ? codec.mimeType : null });
         }
       });
     }

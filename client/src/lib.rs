@@ -514,6 +514,7 @@ async fn dispatch(
                 expected_loss_pct,
                 max_bitrate_bps,
                 ptime_ms,
+                redundancy,
             } => {
                 if let Some(l) = inner.expected_loss.lock().expect("lock").get(&mid) {
                     l.store(expected_loss_pct, std::sync::atomic::Ordering::Relaxed);
@@ -523,21 +524,27 @@ async fn dispatch(
                     expected_loss_pct,
                     max_bitrate_bps,
                     ptime_ms,
+                    redundancy,
                 }));
             }
-            ServerMsg::PublisherLayers { mid, active_rids } => {
+            ServerMsg::PublisherLayers {
+                mid,
+                active_rids,
+                uplink_paused,
+            } => {
                 if let Some(layers) = inner.layer_switches.lock().expect("lock").get(&mid) {
                     for (rid, on) in layers {
                         on.store(
-                            active_rids.contains(rid),
+                            !uplink_paused && active_rids.contains(rid),
                             std::sync::atomic::Ordering::Relaxed,
                         );
                     }
                 }
-                tracing::debug!(%mid, ?active_rids, "publisher layers");
+                tracing::debug!(%mid, ?active_rids, uplink_paused, "publisher layers");
                 let _ = events.send(ClientEvent::Server(ServerMsg::PublisherLayers {
                     mid,
                     active_rids,
+                    uplink_paused,
                 }));
             }
             ServerMsg::Error { code, message } => {

@@ -286,12 +286,16 @@ pub enum ServerMsg {
         message: String,
     },
     Pong,
-    /// To a simulcast publisher: the layers (rids) of its track `mid` that someone receives.
-    /// The others may be paused to spare the uplink; a layer listed again is to be sent again
-    /// (starting with a keyframe).
+    /// To a video publisher: the layers (rids) of its simulcast track `mid` that someone
+    /// receives. The others may be paused to spare the uplink; a layer listed again is to be
+    /// sent again (starting with a keyframe). `uplink_paused`: send nothing at all on this
+    /// track (simulcast or not), the publisher's own uplink cannot carry video; sent again with
+    /// `false` when it may try.
     PublisherLayers {
         mid: String,
         active_rids: Vec<String>,
+        #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+        uplink_paused: bool,
     },
     /// To an audio publisher: the packet loss its receivers see on track `mid` (its uplink
     /// plus the worst downlink, percent). An Opus encoder adds in-band FEC only when told to
@@ -307,6 +311,11 @@ pub enum ServerMsg {
         /// frames spend less of a thin link on packet headers.
         #[serde(default, skip_serializing_if = "Option::is_none")]
         ptime_ms: Option<u16>,
+        /// `false`: send plain Opus, no redundancy (RED): the publisher's own uplink is thin
+        /// and RED would double its audio there (the SFU adds RED toward lossy receivers
+        /// itself). `true` or absent: the publisher's default.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        redundancy: Option<bool>,
     },
 }
 

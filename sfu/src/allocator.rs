@@ -27,6 +27,10 @@ pub const SIGNALING_RESERVE_BPS: i64 = 8_000;
 
 /// A layer above the current one must fit with this much to spare before switching up.
 pub const UP_MARGIN: f64 = 1.25;
+/// Room a paused video track needs to come back, however little it measured: it resumes with
+/// a keyframe (tens of kilobytes at 720p, seconds of a 100 kbit/s link), and a still image's
+/// few kbit/s between keyframes says nothing about that burst.
+pub const VIDEO_RESUME_BPS: i64 = 80_000;
 /// How long the room for a higher layer must last before switching up.
 pub const UPGRADE_HOLD: Duration = Duration::from_millis(1500);
 
@@ -288,12 +292,13 @@ fn next_layer_rate<K>(t: &TrackDemand<K>, layer: Option<usize>) -> Option<u64> {
         .map(|r| r - base)
 }
 
-/// Budget needed to forward a track's lowest layer: with margin unless it is forwarded now.
+/// Budget needed to forward a track's lowest layer: with margin (and at least
+/// [`VIDEO_RESUME_BPS`]) unless it is forwarded now.
 fn needed(rate: u64, forwarded_now: bool) -> i64 {
     if forwarded_now {
         rate as i64
     } else {
-        (rate as f64 * UP_MARGIN) as i64
+        ((rate as f64 * UP_MARGIN) as i64).max(VIDEO_RESUME_BPS)
     }
 }
 
@@ -387,6 +392,19 @@ mod tests {
         assert_eq!(out.allocated_bps, 70_000);
         // Probing aims at the first video layer that would come back: the otoscope's.
         assert_eq!(out.next_step_bps, 70_000 + 100_000);
+    }
+
+    #[test]
+    fn a_still_image_measured_at_a_few_kbps_does_not_come_back_on_a_thin_link() {
+        let mut tracks = demand();
+        tracks[2].layers = vec![6_000];
+        let mut a = Allocator::default();
+        let out = settle(&mut a, t0(), 100_000, &tracks);
+        assert_eq!(out.layer_of(3), None, "otoscope stays paused");
+        assert!(out.audio_only);
+        // With room for its keyframe it comes back.
+        let out = settle(&mut a, t0() + Duration::from_secs(60), 200_000, &tracks);
+        assert_eq!(out.layer_of(3), Some(0));
     }
 
     #[test]

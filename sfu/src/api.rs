@@ -56,6 +56,8 @@ pub enum SfuEvent {
     PublisherLayers {
         mid: String,
         active_rids: Vec<String>,
+        /// Send no video at all on this track: the publisher's uplink cannot carry it.
+        uplink_paused: bool,
     },
     /// To an audio publisher: the loss its receivers see on track `mid` (percent), for the
     /// encoder's in-band FEC.
@@ -65,6 +67,8 @@ pub enum SfuEvent {
         /// The encoding for the thinnest receiver (`consult_protocol::audio_steps`).
         max_bitrate_bps: Option<u32>,
         ptime_ms: Option<u16>,
+        /// `Some(false)`: no RED on its thin uplink.
+        redundancy: Option<bool>,
     },
 }
 

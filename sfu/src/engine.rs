@@ -111,6 +111,13 @@ struct Participant {
     pinned: Vec<(u64, Mid)>,
     /// Whether its link loses enough for audio redundancy.
     red_policy: crate::red::RedPolicy,
+    /// Whether its uplink carries its video (see `uplink`), and what it was last told.
+    uplink: crate::uplink::UplinkVideoGate,
+    uplink_paused: bool,
+    /// Feeds str0m's timers sparingly toward a thin link (see `padding_throttle`).
+    tick_throttle: crate::padding_throttle::TimerThrottle,
+    /// Media was written to its subscriber connection since it was last polled.
+    media_written: bool,
 }
 
 impl Participant {
@@ -234,7 +241,12 @@ impl Engine {
     pub fn next_timeout(&self, now: Instant) -> Instant {
         self.participants
             .values()
-            .flat_map(|p| [p.publisher.next_timeout, p.subscriber.next_timeout])
+            .flat_map(|p| {
+                [
+                    p.publisher.next_timeout,
+                    p.tick_throttle.allowed_at(p.subscriber.next_timeout),
+                ]
+            })
             .fold(now + MAX_SLEEP, Instant::min)
     }
 
@@ -298,13 +310,19 @@ impl Engine {
                     publisher,
                     subscriber,
                     events,
+                    tick_throttle,
                     ..
                 } = p;
                 let peer = match target {
                     PeerTarget::Publisher => publisher,
                     PeerTarget::Subscriber => subscriber,
                 };
-                if peer.next_timeout <= now {
+                // Toward a thin link, str0m's timers are fed sparingly (see `padding_throttle`).
+                let throttled = target == PeerTarget::Subscriber && !tick_throttle.may_tick(now);
+                if peer.next_timeout <= now && !throttled {
+                    if target == PeerTarget::Subscriber {
+                        tick_throttle.ticked(now);
+                    }
                     if let Err(e) = peer.rtc.handle_input(Input::Timeout(now)) {
                         debug!(participant = %id, "timeout rejected: {e}");
                     }
@@ -527,6 +545,10 @@ impl Engine {
                 bwe_targets: (0, 0),
                 pinned: Vec::new(),
                 red_policy: crate::red::RedPolicy::default(),
+                uplink: Default::default(),
+                uplink_paused: false,
+                tick_throttle: Default::default(),
+                media_written: false,
             },
         );
         self.negotiate_subscriber(key);
@@ -986,8 +1008,31 @@ impl Engine {
             }
         }
         for (key, p) in self.participants.iter_mut() {
-            for t in p.tracks.iter_mut().filter(|t| t.simulcast()) {
-                let mut changed = false;
+            // No video at all when its own uplink cannot carry it (see `uplink`).
+            let view = crate::uplink::UplinkView {
+                loss: p.publisher.counters.link.loss_from_client,
+                downlink_low: p.low_link,
+            };
+            let uplink_paused = p.uplink.update(now, view);
+            if uplink_paused != p.uplink_paused {
+                info!(participant = %p.id, uplink_paused, ?view, "publisher video on its uplink");
+                p.uplink_paused = uplink_paused;
+            }
+            for t in p.tracks.iter_mut().filter(|t| t.kind == TrackKind::Video) {
+                // Per track: one published while paused is told too.
+                let uplink_changed = t.uplink_paused != uplink_paused;
+                t.uplink_paused = uplink_paused;
+                if !t.simulcast() {
+                    if uplink_changed {
+                        let _ = p.events.send(SfuEvent::PublisherLayers {
+                            mid: t.mid.to_string(),
+                            active_rids: Vec::new(),
+                            uplink_paused,
+                        });
+                    }
+                    continue;
+                }
+                let mut changed = uplink_changed;
                 let tapped = (!t.taps.is_empty()).then_some(t.tap_layer).flatten();
                 for (i, l) in t.layers.iter_mut().enumerate() {
                     let is_wanted = tapped == Some(i) || wanted.contains(&(*key, t.mid, i));
@@ -1023,13 +1068,14 @@ impl Engine {
                     let active_rids: Vec<String> = t
                         .layers
                         .iter()
-                        .filter(|l| !l.hinted_off)
+                        .filter(|l| !l.hinted_off && !uplink_paused)
                         .filter_map(|l| l.rid.map(|r| r.to_string()))
                         .collect();
                     info!(participant = %p.id, mid = %t.mid, ?active_rids, "publisher layers");
                     let _ = p.events.send(SfuEvent::PublisherLayers {
                         mid: t.mid.to_string(),
                         active_rids,
+                        uplink_paused,
                     });
                 }
             }
@@ -1053,6 +1099,7 @@ impl Engine {
             .red_policy
             .update(now, p.subscriber.counters.link.loss_to_client);
         let congested = p.gate.congested();
+        let thin = p.low_link;
         debug!(participant = %p.id, lossy, loss = ?p.subscriber.counters.link.loss_to_client, red_pts = ?p.outs.iter().map(|o| o.red_pt).collect::<Vec<_>>(), "red policy");
         let mut room = estimate
             .map(|e| (e as f64 * crate::allocator::USABLE_SHARE) as i64 - p.allocated_bps as i64);
@@ -1085,7 +1132,11 @@ impl Engine {
                 info!(participant = %p.id, track = %o.track_id(), red, loss = ?p.subscriber.counters.link.loss_to_client, "audio redundancy");
                 o.red = red;
             }
-            let strip = congested && o.label != consult_protocol::TrackLabel::Stethoscope;
+            // The publisher's own redundancy toward a thin link: speech never (a queue that
+            // empties for a moment must not get it back, or it refills at once), the
+            // stethoscope only while the link loses without queueing (random loss it repairs).
+            let steth = o.label == consult_protocol::TrackLabel::Stethoscope;
+            let strip = (congested || thin) && !(steth && lossy && !congested);
             if strip != o.strip_red {
                 info!(participant = %p.id, track = %o.track_id(), strip, "publisher's redundancy stripped");
                 o.strip_red = strip;
@@ -1138,6 +1189,8 @@ impl Engine {
                     .sum();
                 (sent as f64 * f64::from(1.0 - up)) as u64
             });
+            // No RED up an uplink too thin for video: it doubles the audio there.
+            let redundancy = !p.uplink.paused();
             for t in p.tracks.iter_mut().filter(|t| t.kind == TrackKind::Audio) {
                 let down = worst.get(&(*key, t.mid)).copied().unwrap_or(0.0);
                 let sample = (up + down).clamp(0.0, 0.5);
@@ -1156,7 +1209,9 @@ impl Engine {
                     (a, b) => a.or(b),
                 };
                 let step_changed = link.is_some_and(|link| t.audio_step.update(now, steps, link));
-                if loss_due || step_changed {
+                let red_changed = t.redundancy_told != redundancy;
+                t.redundancy_told = redundancy;
+                if loss_due || step_changed || red_changed {
                     if loss_due {
                         t.loss_hint = Some((pct, now));
                     }
@@ -1167,6 +1222,7 @@ impl Engine {
                         expected_loss_pct: t.loss_hint.map_or(pct, |h| h.0),
                         max_bitrate_bps: step.map(|s| s.max_bitrate_bps),
                         ptime_ms: step.map(|s| s.ptime_ms),
+                        redundancy: Some(redundancy),
                     });
                 }
             }
@@ -1273,6 +1329,11 @@ impl Engine {
             .low_since
             .is_some_and(|t| now.saturating_duration_since(t) >= LOW_LINK_AFTER);
         let audio_only = p.allocation_audio_only;
+        let was = p.tick_throttle.throttling();
+        p.tick_throttle.set_thin(now, low_link);
+        if was != p.tick_throttle.throttling() {
+            info!(participant = %p.id, throttled = !was, "str0m timers toward a thin link");
+        }
         // Compared by source every tick; the track ids are only formatted for a notice.
         let paused_now = p
             .outs
@@ -1370,8 +1431,17 @@ impl Engine {
         // str0m queues a written packet behind its pacer and asks for a timeout at `now`:
         // feeding it at once sends forwarded media in this turn rather than the next one
         // (which also spares a pass over every peer in `handle_timeout`). Bounded, in case a
-        // peer keeps asking for `now`.
+        // peer keeps asking for `now`. Toward a thin link, only to flush media just written
+        // or when the throttle allows a tick (see `padding_throttle`).
         let mut due_feeds = 4;
+        if key.1 == PeerTarget::Subscriber && p.tick_throttle.throttling() {
+            let wrote = std::mem::take(&mut p.media_written);
+            if p.tick_throttle.may_tick(now) {
+                p.tick_throttle.ticked(now);
+            } else if !wrote {
+                due_feeds = 0;
+            }
+        }
         loop {
             match peer.rtc.poll_output() {
                 Ok(Output::Transmit(t)) => {
@@ -1698,6 +1768,7 @@ impl Engine {
                 }
             }
             stream.write_rtp(write);
+            s.media_written = true;
             self.stats.rtp_forwarded += 1;
             self.dirty.push((sub, PeerTarget::Subscriber));
         }

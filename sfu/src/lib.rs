@@ -20,6 +20,7 @@ mod demux;
 pub mod engine;
 pub mod forwarder;
 mod keyframe;
+pub mod padding_throttle;
 mod peer;
 pub mod red;
 pub mod resend;
@@ -29,6 +30,7 @@ mod shard;
 pub mod stats;
 mod steering;
 mod track;
+pub mod uplink;
 
 pub use api::{PeerReport, SfuError, SfuEvent, SfuHandle, SfuStats, TapPacket};
 pub use runner::{start, SfuConfig};

@@ -109,6 +109,10 @@ pub struct TrackIn {
     pub speaking_until: Option<Instant>,
     /// Audio: the encoding step its publisher was told (see `audio_steps`).
     pub audio_step: AudioStepChoice,
+    /// Video: the publisher was told to send none of it (its uplink cannot carry it).
+    pub uplink_paused: bool,
+    /// Audio: whether its publisher was last told it may send redundancy (RED).
+    pub redundancy_told: bool,
 }
 
 /// How long a thinnest receiver's downlink must stay above a better audio step before the
@@ -188,6 +192,8 @@ impl TrackIn {
             loss_hint: None,
             speaking_until: None,
             audio_step: AudioStepChoice::default(),
+            uplink_paused: false,
+            redundancy_told: true,
         }
     }
 

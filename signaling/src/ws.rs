@@ -322,8 +322,9 @@ pub async fn run_session(state: Arc<AppState>, socket: WebSocket) {
                         break;
                     }
                 }
-                SfuEvent::PublisherLayers { mid, active_rids } => {
-                    if !send(&mut sink, &ServerMsg::PublisherLayers { mid, active_rids }).await {
+                SfuEvent::PublisherLayers { mid, active_rids, uplink_paused } => {
+                    let msg = ServerMsg::PublisherLayers { mid, active_rids, uplink_paused };
+                    if !send(&mut sink, &msg).await {
                         break;
                     }
                 }
@@ -332,12 +333,14 @@ pub async fn run_session(state: Arc<AppState>, socket: WebSocket) {
                     expected_loss_pct,
                     max_bitrate_bps,
                     ptime_ms,
+                    redundancy,
                 } => {
                     let msg = ServerMsg::PublisherAudio {
                         mid,
                         expected_loss_pct,
                         max_bitrate_bps,
                         ptime_ms,
+                        redundancy,
                     };
                     if !send(&mut sink, &msg).await {
                         break;

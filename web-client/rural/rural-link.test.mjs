@@ -136,6 +136,12 @@ test("the link drops from 2 Mbit/s to 100 kbit/s and back: audio stays clean, vi
     speechPaused: document.body.dataset.speechPaused,
   }));
   console.log(`physician's banner at 100 kbit/s: ${JSON.stringify(banner)}`);
+  const docSent = (await doc.evaluate(() => window.consult.client.rtpStats())).outbound.map(({ kind, mid, rid, codec, packetsSent }) => ({ kind, mid, rid, codec, packetsSent }));
+  console.log(`physician sends at 100 kbit/s: ${JSON.stringify(docSent)}`);
+  const docLog = await doc.evaluate(() => (window.consult.client.log || []).map((e) => ({ ...e, t: e.t - window.consult.client.log[0].t })));
+  console.log(`physician's client log: ${JSON.stringify(docLog)}`);
+  const closed = await doc.evaluate(() => window.consult.client.closedWith || null);
+  if (closed) console.log(`physician's WebSocket closed: ${JSON.stringify({ ...closed, sinceDropMs: closed.at - dropAt })}`);
   // What the cart was told to encode its audio at, and what it sends (packets per second).
   const sent = async () => (await cart.evaluate(() => window.consult.client.rtpStats())).outbound.filter((o) => o.kind === "audio");
   const s0 = await sent();

@@ -2,7 +2,7 @@
 
 import assert from "node:assert/strict";
 import { spawn } from "node:child_process";
-import { mkdtempSync, rmSync } from "node:fs";
+import { mkdtempSync, openSync, rmSync, writeSync } from "node:fs";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { chromium } from "playwright-core";
@@ -32,8 +32,10 @@ export const CHROMIUM_ARGS = [
 export function startServer(args, { apiKey = "devkey", apiSecret } = {}) {
   const dataDir = mkdtempSync(join(tmpdir(), "consult-e2e-"));
   const secretArgs = apiSecret ? ["--api-key", apiKey, "--api-secret", apiSecret] : [];
+  // CONSULT_SERVER_LOG=file keeps the server's log (node --test drops a child's stderr).
+  const log = process.env.CONSULT_SERVER_LOG ? openSync(process.env.CONSULT_SERVER_LOG, "a") : "inherit";
   const proc = spawn(SERVER, [...args, ...secretArgs, "--data-dir", dataDir], {
-    stdio: ["ignore", "pipe", "inherit"],
+    stdio: ["ignore", "pipe", log],
     env: { ...process.env, RUST_LOG: process.env.RUST_LOG || "warn" },
   });
   const stop = () => {
@@ -43,6 +45,7 @@ export function startServer(args, { apiKey = "devkey", apiSecret } = {}) {
   return new Promise((resolve, reject) => {
     let out = "";
     proc.stdout.on("data", (d) => {
+      if (typeof log === "number") writeSync(log, d);
       out += d;
       const m = out.match(/Consultation server: (https?:\/\/\S+)/);
       if (m) resolve({ baseUrl: m[1], process: proc, dataDir, stop });
