@@ -4,6 +4,9 @@ import { ConsultClient, tokenClaims } from "./protocol.js";
 import { applyStrings, currentLang, t, toggleLang } from "./i18n.js";
 
 const $ = (id) => document.getElementById(id);
+/** How long to try to join again after the connection dropped (the server keeps an admitted
+ * participant's place for two minutes). */
+const RECONNECT_FOR_MS = 110000;
 const state = {
   client: null,
   claims: null,
@@ -534,9 +537,12 @@ async function enterRoom() {
   $("physician-panel").hidden = c.role !== "physician";
   $("gallery-panel").hidden = c.role !== "physician";
   renderParticipants();
-  const tracks = await captureTracks();
-  for (const { track, label } of tracks) if (track.kind === "video") addLocalTile(label, track);
-  await c.publish(tracks);
+  // After a reconnection the tracks captured the first time are published again.
+  if (!state.captured) {
+    state.captured = await captureTracks();
+    for (const { track, label } of state.captured) if (track.kind === "video") addLocalTile(label, track);
+  }
+  await c.publish(state.captured);
   if (c.role === "physician") for (const s of await c.listStills()) addToGallery(s);
 }
 
@@ -578,20 +584,56 @@ async function join() {
   c.addEventListener("state", async (e) => {
     const s = e.detail.state;
     document.body.dataset.state = s;
+    if (s === "admitted" || s === "waiting") reconnected();
     if (s === "waiting") show("waiting");
     else if (s === "admitted") await enterRoom().catch((err) => problem(String(err)));
     else if (s === "refused" || s === "removed" || s === "ended") endScreen(s);
   });
   c.addEventListener("closed", () => {
-    if (c.state === "admitted" || c.state === "waiting") endScreen("closed");
+    if (c !== state.client || state.leaving) return;
+    if (c.state === "admitted" || c.state === "waiting") reconnect(c);
   });
   try {
     await c.connect();
   } catch (e) {
+    if (state.reconnectSince) return reconnect(c);
     problem(`${e.code || ""} ${e.message}`);
     $("join").disabled = false;
     $("join").textContent = t("join");
   }
+}
+
+// ---------- reconnection ----------
+
+/**
+ * The connection to the server dropped (a thin or flapping link): join again with the same
+ * token, 1, 2, 4, 8 s apart, while the server keeps our place (an admitted participant who
+ * comes back within two minutes is admitted again at once). The room stays on screen.
+ */
+function reconnect(old) {
+  const now = Date.now();
+  state.reconnectSince = state.reconnectSince || now;
+  state.reconnectAttempts = (state.reconnectAttempts || 0) + 1;
+  if (now - state.reconnectSince > RECONNECT_FOR_MS) {
+    state.reconnectSince = null;
+    return endScreen("closed");
+  }
+  document.body.dataset.reconnecting = "1";
+  problem(t("reconnecting"));
+  old.close();
+  for (const [, r] of state.remote) r.tile.remove();
+  state.remote.clear();
+  const delay = Math.min(8000, 1000 * 2 ** Math.min(3, state.reconnectAttempts - 1));
+  setTimeout(() => join().catch((e) => problem(String(e))), delay);
+}
+
+function reconnected() {
+  if (!state.reconnectSince) return;
+  state.reconnectSince = null;
+  state.reconnectAttempts = 0;
+  state.reconnections = (state.reconnections || 0) + 1;
+  delete document.body.dataset.reconnecting;
+  problem("");
 }
 
 async function main() {
@@ -631,6 +673,7 @@ async function main() {
     $("toggle-cam").textContent = t(off ? "camera_on" : "camera_off");
   };
   $("leave").onclick = () => {
+    state.leaving = true;
     state.client.leave();
     endScreen("ended");
   };
