@@ -91,6 +91,9 @@ async function sha256Hex(blob) {
   return [...new Uint8Array(digest)].map((b) => b.toString(16).padStart(2, "0")).join("");
 }
 
+/** How long joining may take before the attempt is given up (and, when reconnecting, retried). */
+const CONNECT_TIMEOUT_MS = 8000;
+
 export class ConsultClient extends EventTarget {
   constructor({ baseUrl, token }) {
     super();
@@ -124,6 +127,11 @@ export class ConsultClient extends EventTarget {
       const ws = new WebSocket(wsUrl);
       this.ws = ws;
       let joined = false;
+      // Not joined in time (a SYN lost on a full link waits seconds before its retry): give
+      // up on this attempt so that the caller can try a fresh connection.
+      const timer = setTimeout(() => {
+        if (!joined) ws.close();
+      }, CONNECT_TIMEOUT_MS);
       ws.onopen = () => ws.send(JSON.stringify({ type: "join", version: PROTOCOL_VERSION, token: this.token }));
       ws.onmessage = (ev) => {
         let msg;
@@ -135,6 +143,7 @@ export class ConsultClient extends EventTarget {
         if (!joined) {
           if (msg.type === "joined") {
             joined = true;
+            clearTimeout(timer);
             this.onJoined(msg);
             resolve(msg);
           } else if (msg.type === "error") {
@@ -148,6 +157,7 @@ export class ConsultClient extends EventTarget {
         });
       };
       ws.onclose = (ev) => {
+        clearTimeout(timer);
         if (!joined) reject(new Error("connection closed"));
         this.closedWith = { code: ev.code, reason: ev.reason, at: Date.now() };
         this.emit("closed", this.closedWith);

@@ -109,6 +109,8 @@ pub struct Allocator<K> {
     last_upgrade: Option<Instant>,
     /// How many speech tracks (the lowest ranked) the link cannot carry now.
     speech_shed: usize,
+    /// Whether a paused video track may come back (not while the link is reported low).
+    video_resume: bool,
 }
 
 impl<K> Default for Allocator<K> {
@@ -117,6 +119,7 @@ impl<K> Default for Allocator<K> {
             tracks: HashMap::new(),
             last_upgrade: None,
             speech_shed: 0,
+            video_resume: true,
         }
     }
 }
@@ -126,6 +129,13 @@ impl<K: Copy + Eq + Hash> Allocator<K> {
     /// allocation on: the link showed it cannot carry all the audio (`crate::audio_shed`).
     pub fn set_speech_shed(&mut self, n: usize) {
         self.speech_shed = n;
+    }
+
+    /// Whether a paused video track may come back. Not while the link is reported low: there
+    /// the estimate is at its least reliable (a probe through a shaper's bucket reads 2-3x
+    /// the link) and a resumed track's keyframe fills the queue ahead of the audio for seconds.
+    pub fn set_video_resume(&mut self, allowed: bool) {
+        self.video_resume = allowed;
     }
 
     /// Split `estimate_bps` across `tracks` at `now`.
@@ -186,7 +196,7 @@ impl<K: Copy + Eq + Hash> Allocator<K> {
             };
             let current = self.tracks.get(&t.key).and_then(|s| s.layer);
             let need = needed(t.layers[lowest], current.is_some());
-            if need <= budget {
+            if need <= budget && (current.is_some() || self.video_resume) {
                 chosen[i] = Some(lowest);
                 budget -= t.layers[lowest] as i64;
             }
@@ -405,6 +415,22 @@ mod tests {
         // With room for its keyframe it comes back.
         let out = settle(&mut a, t0() + Duration::from_secs(60), 200_000, &tracks);
         assert_eq!(out.layer_of(3), Some(0));
+    }
+
+    #[test]
+    fn no_video_comes_back_while_the_link_is_reported_low() {
+        let mut a = Allocator::default();
+        let out = settle(&mut a, t0(), 100_000, &demand());
+        assert!(out.audio_only);
+        a.set_video_resume(false);
+        let out = settle(&mut a, t0() + Duration::from_secs(60), 400_000, &demand());
+        assert!(
+            out.audio_only,
+            "a probe reading 400 kbit/s on a low link brings no video"
+        );
+        a.set_video_resume(true);
+        let out = settle(&mut a, t0() + Duration::from_secs(120), 400_000, &demand());
+        assert!(!out.audio_only);
     }
 
     #[test]

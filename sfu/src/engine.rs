@@ -1275,6 +1275,7 @@ impl Engine {
         let shed = p.shedder.update(now, link, speech);
         debug!(participant = %p.id, ?link, shed, "audio shedding");
         p.allocator.set_speech_shed(shed);
+        p.allocator.set_video_resume(!p.low_link);
         let allocation = p.allocator.allocate(now, estimate, demands);
         debug!(participant = %p.id, raw_estimate, flowing, estimate, ?rtt, ?demands, ?allocation, "allocation");
         p.allocated_bps = allocation.allocated_bps;
@@ -1288,6 +1289,10 @@ impl Engine {
         // demand, which str0m probes for.
         let desired = if p.gate.congested() {
             allocation.allocated_bps
+        } else if p.low_link {
+            // A link reported low that does not queue: probe for one good enough to leave
+            // the low mode (str0m probes at up to twice this; a cluster is a few kB).
+            allocation.next_step_bps.max(2 * LINK_OK_BPS)
         } else if allocation.allocated_bps < THIN_LINK_BPS {
             allocation.next_step_bps
         } else {
@@ -1330,7 +1335,10 @@ impl Engine {
             .is_some_and(|t| now.saturating_duration_since(t) >= LOW_LINK_AFTER);
         let audio_only = p.allocation_audio_only;
         let was = p.tick_throttle.throttling();
-        p.tick_throttle.set_thin(now, low_link);
+        // While the link queues: right after a drop, before the estimate says low, str0m's
+        // padding (40-60 kbit/s on the wire) is what keeps the queue full. Not on a low link
+        // that does not queue: str0m's probes need prompt timeouts to find the link back.
+        p.tick_throttle.set_thin(now, p.gate.congested());
         if was != p.tick_throttle.throttling() {
             info!(participant = %p.id, throttled = !was, "str0m timers toward a thin link");
         }
@@ -1438,8 +1446,10 @@ impl Engine {
             let wrote = std::mem::take(&mut p.media_written);
             if p.tick_throttle.may_tick(now) {
                 p.tick_throttle.ticked(now);
-            } else if !wrote {
-                due_feeds = 0;
+            } else {
+                // One feed sends what was written; a second would find the queues empty and
+                // pad (audio is unpaced: it leaves no pacer debt that would hold padding back).
+                due_feeds = usize::from(wrote);
             }
         }
         loop {

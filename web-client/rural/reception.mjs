@@ -1,16 +1,25 @@
 // What a browser receives, sampled from getStats inside the page, and the figures the rural-link
 // tests assert: concealment, gaps, one-way delay, frame rate and size per track label.
 
-/** Start sampling the page's subscriber connection every `intervalMs` (kept in the page). */
+/**
+ * Start sampling the page's subscriber connection every `intervalMs` (kept in the page). The
+ * series of a track runs on across a reconnection (a new client, counters from zero): its
+ * counters are carried over, and while it is not received at all its audio counts as concealed
+ * (what the physician hears is silence).
+ */
 export async function startSampling(page, intervalMs = 100) {
   await page.evaluate((interval) => {
     const samples = [];
+    const last = {}; // key → latest raw counters and cumulative figures
+    let lastT = Date.now();
     window.__reception = { samples };
+    const COUNTERS = ["recv", "lost", "bytes", "concealed", "total", "jbDelay", "jbEmitted", "frames"];
     const take = async () => {
       const c = window.consult.client;
-      if (!c.subscriber) return;
-      const report = await c.subscriber.getStats();
       const t = Date.now();
+      const dt = t - lastT;
+      lastT = t;
+      const report = c.subscriber ? await c.subscriber.getStats() : new Map();
       const tracks = {};
       let rttMs = null;
       report.forEach((s) => {
@@ -36,6 +45,24 @@ export async function startSampling(page, intervalMs = 100) {
           rttMs = s.currentRoundTripTime * 1000;
         }
       });
+      // Cumulative counters per track: what this session's counters added since the last
+      // sample (all of them in a new session: its counters start from zero).
+      const session = c.participantId;
+      for (const [key, r] of Object.entries(tracks)) {
+        const l = last[key];
+        const raw = { ...r };
+        if (l) {
+          for (const k of COUNTERS) r[k] = l.cum[k] + (l.session === session ? Math.max(0, raw[k] - l.raw[k]) : raw[k]);
+        }
+        last[key] = { session, raw, cum: { ...r } };
+      }
+      // A track seen before and not received now (a reconnection under way): silence.
+      for (const [key, l] of Object.entries(last)) {
+        if (tracks[key]) continue;
+        const silent = l.cum.kind === "audio" ? Math.round(48 * dt) : 0;
+        l.cum = { ...l.cum, concealed: l.cum.concealed + silent, total: l.cum.total + silent };
+        tracks[key] = { ...l.cum, missing: true };
+      }
       const bw = c.bandwidth || null;
       samples.push({ t, tracks, rttMs, bandwidth: bw && { audio_only: bw.audio_only, estimate_kbps: bw.estimate_kbps } });
     };

@@ -134,6 +134,7 @@ test("the link drops from 2 Mbit/s to 100 kbit/s and back: audio stays clean, vi
     shown: !document.getElementById("bandwidth-banner").hidden,
     text: document.getElementById("bandwidth-text").textContent,
     speechPaused: document.body.dataset.speechPaused,
+    reconnections: window.consult.reconnections || 0,
   }));
   console.log(`physician's banner at 100 kbit/s: ${JSON.stringify(banner)}`);
   const docSent = (await doc.evaluate(() => window.consult.client.rtpStats())).outbound.map(({ kind, mid, rid, codec, packetsSent }) => ({ kind, mid, rid, codec, packetsSent }));
