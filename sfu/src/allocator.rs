@@ -131,9 +131,9 @@ impl<K: Copy + Eq + Hash> Allocator<K> {
         self.speech_shed = n;
     }
 
-    /// Whether a paused video track may come back. Not while the link is reported low: there
-    /// the estimate is at its least reliable (a probe through a shaper's bucket reads 2-3x
-    /// the link) and a resumed track's keyframe fills the queue ahead of the audio for seconds.
+    /// Whether a paused video track may come back (the engine says not while the link is
+    /// reported low, except as a step-up trial): there the estimate is at its least reliable
+    /// and a resumed track's keyframe fills the queue ahead of the audio for seconds.
     pub fn set_video_resume(&mut self, allowed: bool) {
         self.video_resume = allowed;
     }

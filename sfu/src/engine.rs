@@ -1275,7 +1275,12 @@ impl Engine {
         let shed = p.shedder.update(now, link, speech);
         debug!(participant = %p.id, ?link, shed, "audio shedding");
         p.allocator.set_speech_shed(shed);
-        p.allocator.set_video_resume(!p.low_link);
+        // On a link reported low, video comes back only as the congestion gate's trial of a
+        // step up (no queue for its hold, which grows after each trial that queues), not on
+        // the estimate alone: a probe through a shaper's bucket reads 2-3x the link, and some
+        // peers' estimates stay low on a link that has come back.
+        p.allocator
+            .set_video_resume(!p.low_link || p.gate.may_step_up(now));
         let allocation = p.allocator.allocate(now, estimate, demands);
         debug!(participant = %p.id, raw_estimate, flowing, estimate, ?rtt, ?demands, ?allocation, "allocation");
         p.allocated_bps = allocation.allocated_bps;
