@@ -52,6 +52,10 @@ pub const LAYER_PAUSE_AFTER: Duration = Duration::from_secs(3);
 /// encoding step.
 const UPLINK_LOSSY: f32 = 0.05;
 
+/// The link an audio-only subscriber whose queue still grows is taken to have, for its audio
+/// publishers' encoding step: under the thinnest step's threshold.
+const AUDIO_ONLY_QUEUEING_LINK_BPS: u64 = 100_000;
+
 /// Shortest gap between two loss hints to one audio publisher.
 pub const AUDIO_HINT_INTERVAL: Duration = Duration::from_secs(2);
 
@@ -1170,7 +1174,12 @@ impl Engine {
                 // Only a link that shows it is thin (queueing, or reported low): an estimate
                 // that is still ramping up at a join says nothing about the link.
                 let thin = p.gate.congested() || p.low_link;
-                if let Some(link) = p.allocation_estimate_bps.filter(|_| thin) {
+                if let Some(mut link) = p.allocation_estimate_bps.filter(|_| thin) {
+                    // Audio alone still queues: the link is thinner than the audio, whatever
+                    // the estimate (it lags a drop by seconds): the thinnest step at once.
+                    if p.gate.congested() && p.allocation_audio_only {
+                        link = link.min(AUDIO_ONLY_QUEUEING_LINK_BPS);
+                    }
                     let t = thinnest.entry(o.source).or_insert(u64::MAX);
                     *t = (*t).min(link);
                 }
