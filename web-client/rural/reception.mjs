@@ -27,9 +27,11 @@ export async function startSampling(page, intervalMs = 100) {
           const info = c.subscribed.get(s.mid) || {};
           const label = info.label || s.kind;
           const key = `${info.participant_id || "?"}/${label}`;
+          const paused = !!(c.bandwidth && (c.bandwidth.paused_track_ids || []).includes(info.track_id));
           tracks[key] = {
             label,
             kind: s.kind,
+            paused,
             recv: s.packetsReceived || 0,
             lost: s.packetsLost || 0,
             bytes: s.bytesReceived || 0,
@@ -112,12 +114,29 @@ export function summarize(all, from, to, queue = []) {
     r.lostPct = +((100 * (b.lost - a.lost)) / Math.max(1, b.recv - a.recv + b.lost - a.lost)).toFixed(2);
     r.kbps = +((8 * (b.bytes - a.bytes)) / 1000 / Math.max(0.001, seconds)).toFixed(1);
     if (a.kind === "audio") {
-      const total = b.total - a.total;
-      r.concealedPct = total > 0 ? +((100 * (b.concealed - a.concealed)) / total).toFixed(2) : 100;
+      // Concealment while forwarded: intervals in which the server said it paused the track
+      // (a `bandwidth` notice naming it) are counted apart, as the share of time paused.
+      let total = 0;
+      let concealed = 0;
+      let pausedMs = 0;
+      for (let i = 1; i < series.length; i++) {
+        if (series[i].paused || series[i - 1].paused) {
+          pausedMs += series[i].t - series[i - 1].t;
+          continue;
+        }
+        total += series[i].total - series[i - 1].total;
+        concealed += series[i].concealed - series[i - 1].concealed;
+      }
+      r.pausedPct = +((100 * pausedMs) / Math.max(1, b.t - a.t)).toFixed(1);
+      r.concealedPct = total > 0 ? +((100 * concealed) / total).toFixed(2) : 100;
       // A gap: consecutive sampling intervals (almost) all concealed, or with no output at all.
       let gap = 0;
       let longest = 0;
       for (let i = 1; i < series.length; i++) {
+        if (series[i].paused) {
+          gap = 0;
+          continue;
+        }
         const dt = series[i].t - series[i - 1].t;
         const dTotal = series[i].total - series[i - 1].total;
         const dConcealed = series[i].concealed - series[i - 1].concealed;

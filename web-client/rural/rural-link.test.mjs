@@ -98,9 +98,11 @@ function logTable(title, summary) {
 function assertAudioBounds(summary, what) {
   const steth = byLabel(summary, "stethoscope");
   assert.ok(steth, `${what}: stethoscope received`);
+  assert.equal(steth.pausedPct, 0, `${what}: the stethoscope is never paused`);
   assert.ok(steth.concealedPct <= 2, `${what}: stethoscope concealed ${steth.concealedPct} % (≤ 2 %)`);
   assert.ok(steth.longestGapMs <= 200, `${what}: stethoscope gap ${steth.longestGapMs} ms (≤ 200 ms)`);
   assert.ok(steth.delayP95Ms !== null && steth.delayP95Ms <= 400, `${what}: stethoscope delay p95 ${steth.delayP95Ms} ms (≤ 400 ms)`);
+  // Speech while forwarded (the server may pause the lowest-ranked, saying so).
   for (const r of Object.values(summary).filter((r) => r.label === "microphone" && r.concealedPct < 100)) {
     assert.ok(r.concealedPct <= 5, `${what}: speech concealed ${r.concealedPct} % (≤ 5 %)`);
   }
@@ -185,4 +187,39 @@ test("the link drops from 2 Mbit/s to 100 kbit/s and back: audio stays clean, vi
 
   assertAudioBounds(settled, "at 100 kbit/s");
   assert.ok(topBackMs !== null && topBackMs <= 10000, `top camera layer back after ${topBackMs} ms (≤ 10 s)`);
+});
+
+test("starting at 100 kbit/s: the cart admitted and its stethoscope heard within 3 s of the click", { timeout: 180000 }, async () => {
+  link.setRate(100);
+  link.setLoss(0);
+  const links = await createConsultation(server.baseUrl, API);
+  const doc = await openPage(remote, links.physician, "physician", HTTPS);
+  await doc.click("#join", { timeout: 60000 });
+  await doc.waitForSelector("body[data-state=admitted]", { timeout: 60000 });
+  const { cart, patient, ids } = await cartAndPatient(links);
+  const clicked = await admit(doc, ids);
+  await cart.waitForSelector("body[data-state=admitted]", { timeout: 30000 });
+  const cartAdmittedMs = Date.now() - clicked;
+  await startSampling(doc);
+  link.startQueueSampling();
+  let firstStethMs = null;
+  const deadline = clicked + 60000;
+  while (Date.now() < deadline) {
+    const s = await doc.evaluate(() => window.consult.client.rtpStats());
+    if (inbound(s, "stethoscope").some((i) => i.bytesReceived > 0)) {
+      firstStethMs = Date.now() - clicked;
+      break;
+    }
+    await sleep(100);
+  }
+  await sleep(20000);
+  const all = await samples(doc);
+  const queue = link.stopQueueSampling();
+  const settled = summarize(all, clicked + 10000, Date.now(), queue);
+  logTable("starting at 100 kbit/s, from 10 s after the click", settled);
+  console.log(`cart admitted ${cartAdmittedMs} ms after the click; first stethoscope audio at the physician after ${firstStethMs} ms`);
+  report("start", { cartAdmittedMs, firstStethMs, settled, samples: all, queue });
+  await doc.screenshot({ path: join(ARTIFACTS, "rural-link-physician-start.png"), fullPage: true });
+  await Promise.all([cart, patient, doc].map((p) => p.context().close()));
+  assert.ok(firstStethMs !== null && firstStethMs <= 3000, `first stethoscope audio after ${firstStethMs} ms (≤ 3 s)`);
 });
