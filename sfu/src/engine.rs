@@ -56,6 +56,9 @@ const UPLINK_LOSSY: f32 = 0.05;
 /// publishers' encoding step: under the thinnest step's threshold.
 const AUDIO_ONLY_QUEUEING_LINK_BPS: u64 = 100_000;
 
+/// How long a queue seen on a link reported low keeps it counted as thin.
+const THIN_EVIDENCE_FOR: Duration = Duration::from_secs(30);
+
 /// Shortest gap between two loss hints to one audio publisher.
 pub const AUDIO_HINT_INTERVAL: Duration = Duration::from_secs(2);
 
@@ -118,6 +121,8 @@ struct Participant {
     /// Whether its uplink carries its video (see `uplink`), and what it was last told.
     uplink: crate::uplink::UplinkVideoGate,
     uplink_paused: bool,
+    /// When its subscriber link last queued (see `link_shown_thin`).
+    queued_at: Option<Instant>,
     /// Feeds str0m's timers sparingly toward a thin link (see `padding_throttle`).
     tick_throttle: crate::padding_throttle::TimerThrottle,
     /// Media was written to its subscriber connection since it was last polled.
@@ -125,6 +130,18 @@ struct Participant {
 }
 
 impl Participant {
+    /// Whether the subscriber's link has shown it is thin: it queues now, or it is reported low
+    /// and queued within [`THIN_EVIDENCE_FOR`]. A low estimate alone is no evidence: a
+    /// subscriber that receives little (audio only) probes little and its estimate stays low
+    /// on a good link.
+    fn link_shown_thin(&self, now: Instant) -> bool {
+        self.gate.congested()
+            || (self.low_link
+                && self
+                    .queued_at
+                    .is_some_and(|t| now.saturating_duration_since(t) < THIN_EVIDENCE_FOR))
+    }
+
     /// The subscriber connection's downlink estimate: TWCC, else REMB.
     fn estimate_bps(&self) -> Option<u64> {
         self.twcc_bps.or(self.remb_bps)
@@ -553,6 +570,7 @@ impl Engine {
                 uplink_paused: false,
                 tick_throttle: Default::default(),
                 media_written: false,
+                queued_at: None,
             },
         );
         self.negotiate_subscriber(key);
@@ -1015,7 +1033,8 @@ impl Engine {
             // No video at all when its own uplink cannot carry it (see `uplink`).
             let view = crate::uplink::UplinkView {
                 loss: p.publisher.counters.link.loss_from_client,
-                downlink_low: p.low_link,
+                // Only a link that wanted video and queued: not one that receives little.
+                downlink_low: p.allocation_audio_only && p.link_shown_thin(now),
             };
             let uplink_paused = p.uplink.update(now, view);
             if uplink_paused != p.uplink_paused {
@@ -1103,7 +1122,7 @@ impl Engine {
             .red_policy
             .update(now, p.subscriber.counters.link.loss_to_client);
         let congested = p.gate.congested();
-        let thin = p.low_link;
+        let thin = p.link_shown_thin(now);
         debug!(participant = %p.id, lossy, loss = ?p.subscriber.counters.link.loss_to_client, red_pts = ?p.outs.iter().map(|o| o.red_pt).collect::<Vec<_>>(), "red policy");
         let mut room = estimate
             .map(|e| (e as f64 * crate::allocator::USABLE_SHARE) as i64 - p.allocated_bps as i64);
@@ -1173,7 +1192,7 @@ impl Engine {
                 *w = w.max(loss);
                 // Only a link that shows it is thin (queueing, or reported low): an estimate
                 // that is still ramping up at a join says nothing about the link.
-                let thin = p.gate.congested() || p.low_link;
+                let thin = p.link_shown_thin(now);
                 if let Some(mut link) = p.allocation_estimate_bps.filter(|_| thin) {
                     // Audio alone still queues: the link is thinner than the audio, whatever
                     // the estimate (it lags a drop by seconds): the thinnest step at once.
@@ -1257,6 +1276,9 @@ impl Engine {
         let estimate = p
             .gate
             .effective_estimate(now, estimate, rtt, loss, flowing, wanted);
+        if p.gate.congested() {
+            p.queued_at = Some(now);
+        }
         // Speech the link cannot carry, on its evidence (see `audio_shed`).
         let video_flowing = p
             .outs
