@@ -1033,8 +1033,13 @@ impl Engine {
             // No video at all when its own uplink cannot carry it (see `uplink`).
             let view = crate::uplink::UplinkView {
                 loss: p.publisher.counters.link.loss_from_client,
-                // Only a link that wanted video and queued: not one that receives little.
-                downlink_low: p.allocation_audio_only && p.link_shown_thin(now),
+                // Only a link that wanted video and queued: not one that receives little. And
+                // none before the subscriber connection is up: on a thin link a camera
+                // starting at the browser's initial rate starves that connection's ICE and
+                // DTLS (18 s to connect at 100 kbit/s); on a good link it is a fraction of a
+                // second.
+                downlink_low: !p.subscriber.connected
+                    || (p.allocation_audio_only && p.link_shown_thin(now)),
             };
             let uplink_paused = p.uplink.update(now, view);
             if uplink_paused != p.uplink_paused {
