@@ -56,6 +56,9 @@ const UPLINK_LOSSY: f32 = 0.05;
 /// publishers' encoding step: under the thinnest step's threshold.
 const AUDIO_ONLY_QUEUEING_LINK_BPS: u64 = 100_000;
 
+/// The longest a publisher's video waits for its subscriber connection to come up.
+const SUBSCRIBER_WAIT: Duration = Duration::from_secs(10);
+
 /// How long a queue seen on a link reported low keeps it counted as thin.
 const THIN_EVIDENCE_FOR: Duration = Duration::from_secs(30);
 
@@ -123,6 +126,8 @@ struct Participant {
     uplink_paused: bool,
     /// When its subscriber link last queued (see `link_shown_thin`).
     queued_at: Option<Instant>,
+    /// Since when it has had something to receive (reset while it has nothing).
+    receiving_since: Instant,
     /// Feeds str0m's timers sparingly toward a thin link (see `padding_throttle`).
     tick_throttle: crate::padding_throttle::TimerThrottle,
     /// Media was written to its subscriber connection since it was last polled.
@@ -571,6 +576,7 @@ impl Engine {
                 tick_throttle: Default::default(),
                 media_written: false,
                 queued_at: None,
+                receiving_since: now,
             },
         );
         self.negotiate_subscriber(key);
@@ -1030,6 +1036,9 @@ impl Engine {
             }
         }
         for (key, p) in self.participants.iter_mut() {
+            if p.outs.is_empty() {
+                p.receiving_since = now;
+            }
             // No video at all when its own uplink cannot carry it (see `uplink`).
             let view = crate::uplink::UplinkView {
                 loss: p.publisher.counters.link.loss_from_client,
@@ -1038,7 +1047,11 @@ impl Engine {
                 // starting at the browser's initial rate starves that connection's ICE and
                 // DTLS (18 s to connect at 100 kbit/s); on a good link it is a fraction of a
                 // second.
-                downlink_low: !p.subscriber.connected
+                // (Only with something to receive, and bounded: a client may never set its
+                // subscriber connection up.)
+                downlink_low: (!p.subscriber.connected
+                    && !p.outs.is_empty()
+                    && now.saturating_duration_since(p.receiving_since) < SUBSCRIBER_WAIT)
                     || (p.allocation_audio_only && p.link_shown_thin(now)),
             };
             let uplink_paused = p.uplink.update(now, view);
