@@ -93,6 +93,10 @@ async function sha256Hex(blob) {
 
 /** How long joining may take before the attempt is given up (and, when reconnecting, retried). */
 const CONNECT_TIMEOUT_MS = 8000;
+/** A ping every this often once joined; nothing heard for `SILENT_MS` (a connection stalled on
+ * a dead or saturated link, which TCP may take minutes to give up) ends it, to join again. */
+const PING_EVERY_MS = 10000;
+const SILENT_MS = 30000;
 
 export class ConsultClient extends EventTarget {
   constructor({ baseUrl, token }) {
@@ -127,6 +131,21 @@ export class ConsultClient extends EventTarget {
       const ws = new WebSocket(wsUrl);
       this.ws = ws;
       let joined = false;
+      let lastHeard = Date.now();
+      const keepalive = setInterval(() => {
+        if (!joined || ws.readyState !== WebSocket.OPEN) return;
+        if (Date.now() - lastHeard > SILENT_MS) {
+          // Not waiting for a closing handshake that cannot get through either.
+          this.note("silent", { ms: Date.now() - lastHeard });
+          clearInterval(keepalive);
+          ws.onclose = null;
+          ws.close();
+          this.closedWith = { code: 4000, reason: "nothing heard", at: Date.now() };
+          this.emit("closed", this.closedWith);
+          return;
+        }
+        ws.send(JSON.stringify({ type: "ping" }));
+      }, PING_EVERY_MS);
       // Not joined in time (a SYN lost on a full link waits seconds before its retry): give
       // up on this attempt so that the caller can try a fresh connection.
       const timer = setTimeout(() => {
@@ -134,6 +153,7 @@ export class ConsultClient extends EventTarget {
       }, CONNECT_TIMEOUT_MS);
       ws.onopen = () => ws.send(JSON.stringify({ type: "join", version: PROTOCOL_VERSION, token: this.token }));
       ws.onmessage = (ev) => {
+        lastHeard = Date.now();
         let msg;
         try {
           msg = JSON.parse(ev.data);
@@ -158,6 +178,7 @@ export class ConsultClient extends EventTarget {
       };
       ws.onclose = (ev) => {
         clearTimeout(timer);
+        clearInterval(keepalive);
         if (!joined) reject(new Error("connection closed"));
         this.closedWith = { code: ev.code, reason: ev.reason, at: Date.now() };
         this.emit("closed", this.closedWith);

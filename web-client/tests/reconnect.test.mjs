@@ -36,7 +36,7 @@ after(async () => {
 
 const framesFrom = (s, label) => Math.max(0, ...inbound(s, label).map((i) => i.framesDecoded || 0));
 
-test("a dropped WebSocket: the patient's page joins again and media flows again", { timeout: 120000 }, async () => {
+test("a dropped or stalled WebSocket: the patient's page joins again and media flows again", { timeout: 180000 }, async () => {
   const links = await createConsultation(server.baseUrl, API);
   const doc = await openPage(browser, links.physician, "physician");
   await doc.click("#join");
@@ -68,5 +68,20 @@ test("a dropped WebSocket: the patient's page joins again and media flows again"
   console.log(`rejoined ${backAt - droppedAt} ms after the drop; video both ways after ${doneAt - droppedAt} ms`);
   assert.equal(await patient.evaluate(() => window.consult.client.state), "admitted");
   assert.equal(await doc.locator(`#waiting-list li[data-participant="${newId}"]`).count(), 0, "not in the waiting room");
+
+  // A connection that stalls without closing (nothing more heard from the server, as on a
+  // saturated link): given up after 30 s of silence, and joined again.
+  const stalledAt = Date.now();
+  await patient.evaluate(() => {
+    window.consult.client.ws.onmessage = () => {};
+  });
+  await patient.waitForSelector("body[data-reconnecting]", { timeout: 45000 });
+  const gaveUpMs = Date.now() - stalledAt;
+  await patient.waitForSelector("body[data-state=admitted]:not([data-reconnecting])", { timeout: 20000 });
+  const third = await patient.evaluate(() => window.consult.client.participantId);
+  assert.notEqual(third, newId, "a new session after the stall");
+  await waitStats(patient, "patient receives the physician after the stall", (s) => framesFrom(s, "camera") > 10, 20000);
+  console.log(`stalled connection given up after ${gaveUpMs} ms`);
+  assert.ok(gaveUpMs >= 29000, `not before 30 s of silence (${gaveUpMs} ms)`);
   await Promise.all([doc, patient].map((p) => p.context().close()));
 });
