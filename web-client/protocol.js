@@ -28,27 +28,37 @@ export function tokenClaims(token) {
   }
 }
 
+/** The SDP's sections (the session part, then one per m-line, each starting at its `\r\nm=`). */
+function sdpSections(sdp) {
+  return sdp.split(/(?=\r\nm=)/);
+}
+
+function isSectionOf(section, mid) {
+  return section.includes(`\r\na=mid:${mid}\r\n`) || section.endsWith(`\r\na=mid:${mid}`);
+}
+
+/** `sdp` with the m-section of `mid` replaced by `edit(section)`. */
+function editSection(sdp, mid, edit) {
+  return sdpSections(sdp)
+    .map((s) => (isSectionOf(s, mid) ? edit(s) : s))
+    .join("");
+}
+
 /** Replace the Opus fmtp of the m-section with `mid` (per-track settings live in the SDP). */
 export function setOpusFmtp(sdp, mid, fmtp) {
-  const sections = sdp.split(/(?=\r\nm=)/);
-  return sections
-    .map((s) => {
-      if (!s.includes(`\r\na=mid:${mid}\r\n`) && !s.endsWith(`\r\na=mid:${mid}`)) return s;
-      const pt = (s.match(/a=rtpmap:(\d+) opus\/48000/i) || [])[1];
-      if (!pt) return s;
-      if (s.includes(`a=fmtp:${pt} `)) {
-        return s.replace(new RegExp(`a=fmtp:${pt} [^\\r\\n]*`), `a=fmtp:${pt} ${fmtp}`);
-      }
-      return s.replace(`a=rtpmap:${pt} opus/48000/2`, `a=rtpmap:${pt} opus/48000/2\r\na=fmtp:${pt} ${fmtp}`);
-    })
-    .join("");
+  return editSection(sdp, mid, (s) => {
+    const pt = (s.match(/a=rtpmap:(\d+) opus\/48000/i) || [])[1];
+    if (!pt) return s;
+    if (s.includes(`a=fmtp:${pt} `)) {
+      return s.replace(new RegExp(`a=fmtp:${pt} [^\\r\\n]*`), `a=fmtp:${pt} ${fmtp}`);
+    }
+    return s.replace(`a=rtpmap:${pt} opus/48000/2`, `a=rtpmap:${pt} opus/48000/2\r\na=fmtp:${pt} ${fmtp}`);
+  });
 }
 
 /** Set one Opus fmtp parameter of the m-section with `mid`, keeping the others. */
 export function setOpusParam(sdp, mid, key, value) {
-  const section = sdp
-    .split(/(?=\r\nm=)/)
-    .find((s) => s.includes(`\r\na=mid:${mid}\r\n`) || s.endsWith(`\r\na=mid:${mid}`));
+  const section = sdpSections(sdp).find((s) => isSectionOf(s, mid));
   const pt = section && (section.match(/a=rtpmap:(\d+) opus\/48000/i) || [])[1];
   if (!pt) return sdp;
   const current = (section.match(new RegExp(`a=fmtp:${pt} ([^\\r\\n]*)`)) || [])[1] || "";
@@ -60,30 +70,22 @@ export function setOpusParam(sdp, mid, key, value) {
 /** Set the frame duration (`a=ptime`) of the m-section with `mid`: the sender's Opus encoder
  * takes its frame size from the answer it applies. */
 export function setPtime(sdp, mid, ptimeMs) {
-  const sections = sdp.split(/(?=\r\nm=)/);
-  return sections
-    .map((s) => {
-      if (!s.includes(`\r\na=mid:${mid}\r\n`) && !s.endsWith(`\r\na=mid:${mid}`)) return s;
-      const kept = s.replace(/\r\na=(max)?ptime:[^\r\n]*/g, "");
-      return kept.replace(`\r\na=mid:${mid}`, `\r\na=mid:${mid}\r\na=ptime:${ptimeMs}`);
-    })
-    .join("");
+  return editSection(sdp, mid, (s) => {
+    const kept = s.replace(/\r\na=(max)?ptime:[^\r\n]*/g, "");
+    return kept.replace(`\r\na=mid:${mid}`, `\r\na=mid:${mid}\r\na=ptime:${ptimeMs}`);
+  });
 }
 
 /** Take audio redundancy (RED) out of the m-section with `mid` of an answer: the sender then
  * sends plain Opus (its uplink is thin and RED would double the audio on it). */
 export function dropRed(sdp, mid) {
-  const sections = sdp.split(/(?=\r\nm=)/);
-  return sections
-    .map((s) => {
-      if (!s.includes(`\r\na=mid:${mid}\r\n`) && !s.endsWith(`\r\na=mid:${mid}`)) return s;
-      const pt = (s.match(/a=rtpmap:(\d+) red\/48000/i) || [])[1];
-      if (!pt) return s;
-      return s
-        .replace(/(\r\nm=audio \S+ \S+)([ \d]*)/, (_, head, pts) => head + pts.split(" ").filter((x) => x && x !== pt).map((x) => " " + x).join(""))
-        .replace(new RegExp(`\\r\\na=(rtpmap|fmtp|rtcp-fb):${pt} [^\\r\\n]*`, "g"), "");
-    })
-    .join("");
+  return editSection(sdp, mid, (s) => {
+    const pt = (s.match(/a=rtpmap:(\d+) red\/48000/i) || [])[1];
+    if (!pt) return s;
+    return s
+      .replace(/(\r\nm=audio \S+ \S+)([ \d]*)/, (_, head, pts) => head + pts.split(" ").filter((x) => x && x !== pt).map((x) => " " + x).join(""))
+      .replace(new RegExp(`\\r\\na=(rtpmap|fmtp|rtcp-fb):${pt} [^\\r\\n]*`, "g"), "");
+  });
 }
 
 async function sha256Hex(blob) {
@@ -140,8 +142,7 @@ export class ConsultClient extends EventTarget {
           clearInterval(keepalive);
           ws.onclose = null;
           ws.close();
-          this.closedWith = { code: 4000, reason: "nothing heard", at: Date.now() };
-          this.emit("closed", this.closedWith);
+          this.closed(4000, "nothing heard");
           return;
         }
         ws.send(JSON.stringify({ type: "ping" }));
@@ -171,17 +172,13 @@ export class ConsultClient extends EventTarget {
           }
           return;
         }
-        this.handle(msg).catch((e) => {
-          this.note("problem", { type: msg.type, message: String(e) });
-          this.emit("problem", { message: String(e) });
-        });
+        this.handle(msg).catch((e) => this.problem(msg.type, e));
       };
       ws.onclose = (ev) => {
         clearTimeout(timer);
         clearInterval(keepalive);
         if (!joined) reject(new Error("connection closed"));
-        this.closedWith = { code: ev.code, reason: ev.reason, at: Date.now() };
-        this.emit("closed", this.closedWith);
+        this.closed(ev.code, ev.reason);
       };
       ws.onerror = () => this.emit("problem", { message: "websocket error" });
     });
@@ -287,13 +284,10 @@ export class ConsultClient extends EventTarget {
         this.emit("bandwidth", msg);
         break;
       case "publisher_audio":
-        this.applyAudioHint(msg).catch((e) => this.emit("problem", { code: "internal", message: String(e) }));
+        this.applyAudioHint(msg).catch((e) => this.problem(msg.type, e, "internal"));
         break;
       case "publisher_layers":
-        this.setActiveLayers(msg.mid, msg.active_rids, msg.uplink_paused || false).catch((e) => {
-          this.note("problem", { type: msg.type, message: String(e) });
-          this.emit("problem", { code: "internal", message: String(e) });
-        });
+        this.setActiveLayers(msg.mid, msg.active_rids, msg.uplink_paused || false).catch((e) => this.problem(msg.type, e, "internal"));
         break;
       case "error":
         if (this.pendingPublish && (msg.code === "bad_sdp" || msg.code === "not_admitted")) {
@@ -373,6 +367,18 @@ export class ConsultClient extends EventTarget {
     this.note("layers", { mid: p.mid, active: params.encodings.map((e) => e.active), force });
   }
 
+  /** The WebSocket is gone (`closedWith` says how, for tests and support). */
+  closed(code, reason) {
+    this.closedWith = { code, reason, at: Date.now() };
+    this.emit("closed", this.closedWith);
+  }
+
+  /** Handling message `type` failed: noted, and shown. */
+  problem(type, e, code) {
+    this.note("problem", { type, message: String(e) });
+    this.emit("problem", code ? { code, message: String(e) } : { message: String(e) });
+  }
+
   /** A short record of what the client applied, for diagnosis (`window.consult.client.log`). */
   note(what, detail) {
     this.log = this.log || [];
@@ -399,8 +405,9 @@ export class ConsultClient extends EventTarget {
       }
     }
     // RED off (or back) goes through the answer too: Chromium cannot switch it otherwise.
-    const redundancy = typeof msg.redundancy === "boolean" ? msg.redundancy : p.redundancy !== false;
-    const changed = redundancy !== (p.redundancy !== false) || (msg.ptime_ms && msg.ptime_ms !== p.ptime) || (msg.max_bitrate_bps && msg.max_bitrate_bps !== p.maxBitrate);
+    const current = p.redundancy !== false; // the browser's default until told otherwise
+    const redundancy = typeof msg.redundancy === "boolean" ? msg.redundancy : current;
+    const changed = redundancy !== current || (msg.ptime_ms && msg.ptime_ms !== p.ptime) || (msg.max_bitrate_bps && msg.max_bitrate_bps !== p.maxBitrate);
     if (changed) {
       p.ptime = msg.ptime_ms || p.ptime;
       p.maxBitrate = msg.max_bitrate_bps || p.maxBitrate;

@@ -121,9 +121,8 @@ struct Participant {
     pinned: Vec<(u64, Mid)>,
     /// Whether its link loses enough for audio redundancy.
     red_policy: crate::red::RedPolicy,
-    /// Whether its uplink carries its video (see `uplink`), and what it was last told.
+    /// Whether its uplink carries its video (see `uplink`).
     uplink: crate::uplink::UplinkVideoGate,
-    uplink_paused: bool,
     /// When its subscriber link last queued (see `link_shown_thin`).
     queued_at: Option<Instant>,
     /// Since when it has had something to receive (reset while it has nothing).
@@ -145,6 +144,23 @@ impl Participant {
                 && self
                     .queued_at
                     .is_some_and(|t| now.saturating_duration_since(t) < THIN_EVIDENCE_FOR))
+    }
+
+    /// What its access link shows, for its uplink's video (see `uplink`).
+    fn uplink_view(&self, now: Instant) -> crate::uplink::UplinkView {
+        // Before its subscriber connection is up (while it has something to receive, and
+        // bounded: a client may never set that connection up): on a thin link a camera
+        // starting at the browser's initial rate starves that connection's ICE and DTLS (18 s
+        // to connect at 100 kbit/s); on a good link the wait is a fraction of a second.
+        let connecting = !self.subscriber.connected
+            && !self.outs.is_empty()
+            && now.saturating_duration_since(self.receiving_since) < SUBSCRIBER_WAIT;
+        // Only a downlink that wanted video and queued: not one that receives little.
+        let thin = self.allocation_audio_only && self.link_shown_thin(now);
+        crate::uplink::UplinkView {
+            loss: self.publisher.counters.link.loss_from_client,
+            downlink_thin: connecting || thin,
+        }
     }
 
     /// The subscriber connection's downlink estimate: TWCC, else REMB.
@@ -572,7 +588,6 @@ impl Engine {
                 pinned: Vec::new(),
                 red_policy: crate::red::RedPolicy::default(),
                 uplink: Default::default(),
-                uplink_paused: false,
                 tick_throttle: Default::default(),
                 media_written: false,
                 queued_at: None,
@@ -1040,24 +1055,11 @@ impl Engine {
                 p.receiving_since = now;
             }
             // No video at all when its own uplink cannot carry it (see `uplink`).
-            let view = crate::uplink::UplinkView {
-                loss: p.publisher.counters.link.loss_from_client,
-                // Only a link that wanted video and queued: not one that receives little. And
-                // none before the subscriber connection is up: on a thin link a camera
-                // starting at the browser's initial rate starves that connection's ICE and
-                // DTLS (18 s to connect at 100 kbit/s); on a good link it is a fraction of a
-                // second.
-                // (Only with something to receive, and bounded: a client may never set its
-                // subscriber connection up.)
-                downlink_low: (!p.subscriber.connected
-                    && !p.outs.is_empty()
-                    && now.saturating_duration_since(p.receiving_since) < SUBSCRIBER_WAIT)
-                    || (p.allocation_audio_only && p.link_shown_thin(now)),
-            };
+            let view = p.uplink_view(now);
+            let was_paused = p.uplink.paused();
             let uplink_paused = p.uplink.update(now, view);
-            if uplink_paused != p.uplink_paused {
+            if uplink_paused != was_paused {
                 info!(participant = %p.id, uplink_paused, ?view, "publisher video on its uplink");
-                p.uplink_paused = uplink_paused;
             }
             for t in p.tracks.iter_mut().filter(|t| t.kind == TrackKind::Video) {
                 // Per track: one published while paused is told too.
@@ -1177,7 +1179,7 @@ impl Engine {
             // empties for a moment must not get it back, or it refills at once), the
             // stethoscope only while the link loses without queueing (random loss it repairs).
             let steth = o.label == consult_protocol::TrackLabel::Stethoscope;
-            let strip = (congested || thin) && !(steth && lossy && !congested);
+            let strip = thin && !(steth && lossy && !congested);
             if strip != o.strip_red {
                 info!(participant = %p.id, track = %o.track_id(), strip, "publisher's redundancy stripped");
                 o.strip_red = strip;

@@ -48,16 +48,14 @@ impl TimerThrottle {
         let Some(since) = self.thin_since else {
             return wanted;
         };
-        if self.free_at(since, wanted) {
+        let throttled_for = CYCLE - FREE;
+        let in_cycle = cycle_position(since, wanted);
+        if in_cycle >= throttled_for {
             return wanted;
         }
         let gap_end = self.last_tick.map_or(wanted, |t| t + MIN_GAP);
         // The next free window, if it comes before the gap ends.
-        let in_cycle = wanted.saturating_duration_since(since).as_nanos() % CYCLE.as_nanos();
-        let to_free = CYCLE
-            .saturating_sub(FREE)
-            .saturating_sub(Duration::from_nanos(in_cycle as u64));
-        wanted.max(gap_end).min(wanted + to_free)
+        wanted.max(gap_end).min(wanted + (throttled_for - in_cycle))
     }
 
     /// Whether a timer-driven timeout may be fed `now`; call [`TimerThrottle::ticked`] when it is.
@@ -68,11 +66,12 @@ impl TimerThrottle {
     pub fn ticked(&mut self, now: Instant) {
         self.last_tick = Some(now);
     }
+}
 
-    fn free_at(&self, since: Instant, t: Instant) -> bool {
-        let in_cycle = t.saturating_duration_since(since).as_nanos() % CYCLE.as_nanos();
-        in_cycle >= (CYCLE - FREE).as_nanos()
-    }
+/// Where `t` falls in the current throttle cycle begun at `since`.
+fn cycle_position(since: Instant, t: Instant) -> Duration {
+    let nanos = t.saturating_duration_since(since).as_nanos() % CYCLE.as_nanos();
+    Duration::from_nanos(nanos as u64)
 }
 
 #[cfg(test)]

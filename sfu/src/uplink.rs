@@ -32,8 +32,9 @@ pub const LAST_RETRY: Duration = Duration::from_secs(80);
 pub struct UplinkView {
     /// Loss on what the publisher sends us (0..1), from its stream's sequence numbers.
     pub loss: Option<f32>,
-    /// Its subscriber connection (the same access link, the other way) is reported low.
-    pub downlink_low: bool,
+    /// Its subscriber connection (the same access link, the other way) has shown it is thin,
+    /// or is not up yet.
+    pub downlink_thin: bool,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq)]
@@ -85,10 +86,10 @@ impl UplinkVideoGate {
             .lossy_since
             .is_some_and(|t| now.saturating_duration_since(t) >= LOSSY_FOR);
         self.state = match self.state {
-            State::Sending if view.downlink_low => self.pause(now, true, false),
+            State::Sending if view.downlink_thin => self.pause(now, true, false),
             State::Sending if lossy => self.pause(now, false, false),
             State::Sending => State::Sending,
-            State::Trial { .. } if view.downlink_low => self.pause(now, true, false),
+            State::Trial { .. } if view.downlink_thin => self.pause(now, true, false),
             // Loss while trying: the uplink cannot carry video yet.
             State::Trial { .. } if lossy_now => self.pause(now, false, true),
             State::Trial { since } if now.saturating_duration_since(since) >= TRIAL => {
@@ -96,7 +97,7 @@ impl UplinkVideoGate {
                 State::Sending
             }
             s @ State::Trial { .. } => s,
-            s @ State::Paused { .. } if view.downlink_low => s,
+            s @ State::Paused { .. } if view.downlink_thin => s,
             State::Paused {
                 retry_at,
                 by_downlink,
@@ -141,10 +142,10 @@ mod tests {
         paused
     }
 
-    fn view(loss: f32, downlink_low: bool) -> UplinkView {
+    fn view(loss: f32, downlink_thin: bool) -> UplinkView {
         UplinkView {
             loss: Some(loss),
-            downlink_low,
+            downlink_thin,
         }
     }
 
