@@ -44,6 +44,9 @@ pub const SILENCE_IS_LOSS: Duration = Duration::from_secs(4);
 
 /// The longest the runner sleeps without a timeout check.
 const MAX_SLEEP: Duration = Duration::from_millis(100);
+/// Inputs held for a throttled subscriber connection at most (then handed over at once): a
+/// browser sends some 40 RTCP packets a second, a throttle gap holds a few.
+const HELD_INPUT_MAX: usize = 64;
 
 /// A simulcast layer nobody has received for this long may be paused by its publisher.
 pub const LAYER_PAUSE_AFTER: Duration = Duration::from_secs(3);
@@ -131,6 +134,10 @@ struct Participant {
     tick_throttle: crate::padding_throttle::TimerThrottle,
     /// Media was written to its subscriber connection since it was last polled.
     media_written: bool,
+    /// What its subscriber connection received while str0m's timers are throttled (RTCP,
+    /// STUN), handed over at the next tick: str0m runs its timers on every input, so each
+    /// receiver report would otherwise let it pad (see `padding_throttle`).
+    held_input: Vec<(Instant, SocketAddr, Vec<u8>)>,
 }
 
 impl Participant {
@@ -144,6 +151,15 @@ impl Participant {
                 && self
                     .queued_at
                     .is_some_and(|t| now.saturating_duration_since(t) < THIN_EVIDENCE_FOR))
+    }
+
+    /// When its subscriber connection next needs str0m fed: its timeout, or at once when
+    /// input is held (before the throttle, which may hold both).
+    fn subscriber_wants_at(&self) -> Instant {
+        match self.held_input.first() {
+            Some((since, ..)) => self.subscriber.next_timeout.min(*since),
+            None => self.subscriber.next_timeout,
+        }
     }
 
     /// What its access link shows, for its uplink's video (see `uplink`).
@@ -286,7 +302,7 @@ impl Engine {
             .flat_map(|p| {
                 [
                     p.publisher.next_timeout,
-                    p.tick_throttle.allowed_at(p.subscriber.next_timeout),
+                    p.tick_throttle.allowed_at(p.subscriber_wants_at()),
                 ]
             })
             .fold(now + MAX_SLEEP, Instant::min)
@@ -327,6 +343,12 @@ impl Engine {
                 contents,
             },
         );
+        let hold = key.1 == PeerTarget::Subscriber
+            && !p.tick_throttle.may_tick(now)
+            && p.held_input.len() < HELD_INPUT_MAX;
+        if hold {
+            p.held_input.push((now, source, buf.to_vec()));
+        }
         let peer = p.peer_mut(key.1);
         peer.last_rx = now;
         if peer.silent {
@@ -335,6 +357,9 @@ impl Engine {
             peer.connected = true;
             info!(participant = %p.id, target = ?key.1, "media path back");
             p.notify(SfuEvent::Connected(key.1));
+        }
+        if hold {
+            return;
         }
         // A malformed packet from a known address must not end the session: log and go on.
         if let Err(e) = p.peer_mut(key.1).rtc.handle_input(input) {
@@ -346,6 +371,7 @@ impl Engine {
     /// Timers: feed every peer whose timeout is due, and flush delayed keyframe requests.
     pub fn handle_timeout(&mut self, now: Instant, tx: &mut impl Transmit) {
         for (key, p) in self.participants.iter_mut() {
+            let subscriber_due = p.subscriber_wants_at() <= now;
             for target in [PeerTarget::Publisher, PeerTarget::Subscriber] {
                 let Participant {
                     id,
@@ -353,6 +379,7 @@ impl Engine {
                     subscriber,
                     events,
                     tick_throttle,
+                    held_input,
                     ..
                 } = p;
                 let peer = match target {
@@ -360,10 +387,31 @@ impl Engine {
                     PeerTarget::Subscriber => subscriber,
                 };
                 // Toward a thin link, str0m's timers are fed sparingly (see `padding_throttle`).
-                let throttled = target == PeerTarget::Subscriber && !tick_throttle.may_tick(now);
-                if peer.next_timeout <= now && !throttled {
+                let (due, throttled) = match target {
+                    PeerTarget::Publisher => (peer.next_timeout <= now, false),
+                    PeerTarget::Subscriber => (subscriber_due, !tick_throttle.may_tick(now)),
+                };
+                if due && !throttled {
                     if target == PeerTarget::Subscriber {
                         tick_throttle.ticked(now);
+                        // What arrived meanwhile first (each input also runs str0m's timers).
+                        for (_, source, buf) in held_input.drain(..) {
+                            let Ok(contents) = buf.as_slice().try_into() else {
+                                continue;
+                            };
+                            let input = Input::Receive(
+                                now,
+                                Receive {
+                                    proto: Protocol::Udp,
+                                    source,
+                                    destination: self.candidate_addr,
+                                    contents,
+                                },
+                            );
+                            if let Err(e) = peer.rtc.handle_input(input) {
+                                debug!(participant = %id, "input rejected: {e}");
+                            }
+                        }
                     }
                     if let Err(e) = peer.rtc.handle_input(Input::Timeout(now)) {
                         debug!(participant = %id, "timeout rejected: {e}");
@@ -590,6 +638,7 @@ impl Engine {
                 uplink: Default::default(),
                 tick_throttle: Default::default(),
                 media_written: false,
+                held_input: Vec::new(),
                 queued_at: None,
                 receiving_since: now,
             },
@@ -1345,6 +1394,14 @@ impl Engine {
         // demand, which str0m probes for.
         let desired = if p.gate.congested() {
             allocation.allocated_bps
+        } else if p.tick_throttle.throttling() {
+            // A thin link that does not queue now: str0m's timers are throttled but for a
+            // free window every few seconds, the time for a probe (raising the desired rate
+            // asks for one); see `padding_throttle`.
+            match p.tick_throttle.in_free_window(now) {
+                true => allocation.next_step_bps.max(2 * LINK_OK_BPS),
+                false => allocation.allocated_bps,
+            }
         } else if p.low_link {
             // A link reported low that does not queue: probe for one good enough to leave
             // the low mode (str0m probes at up to twice this; a cluster is a few kB).
@@ -1390,14 +1447,6 @@ impl Engine {
             .low_since
             .is_some_and(|t| now.saturating_duration_since(t) >= LOW_LINK_AFTER);
         let audio_only = p.allocation_audio_only;
-        let was = p.tick_throttle.throttling();
-        // While the link queues: right after a drop, before the estimate says low, str0m's
-        // padding (40-60 kbit/s on the wire) is what keeps the queue full. Not on a low link
-        // that does not queue: str0m's probes need prompt timeouts to find the link back.
-        p.tick_throttle.set_thin(now, p.gate.congested());
-        if was != p.tick_throttle.throttling() {
-            info!(participant = %p.id, throttled = !was, "str0m timers toward a thin link");
-        }
         // Compared by source every tick; the track ids are only formatted for a notice.
         let paused_now = p
             .outs
@@ -1422,6 +1471,18 @@ impl Engine {
                 estimate_bps: estimate,
                 paused,
             });
+        }
+        // While the link has shown it is thin: right after a drop, before the estimate says
+        // low, str0m's padding (40-60 kbit/s on the wire) is what keeps the queue full; on the
+        // low link after it, padding would take the room of the speech the allocator paused
+        // (25-37 kbit/s measured). str0m's probes still find the link back in the throttle's
+        // free windows. Not on a low link that never queued: one receiving little (audio only)
+        // probes little, and its estimate stays low on a good link.
+        let was = p.tick_throttle.throttling();
+        let thin = p.link_shown_thin(now);
+        p.tick_throttle.set_thin(now, thin);
+        if was != thin {
+            info!(participant = %p.id, throttled = thin, "str0m timers toward a thin link");
         }
     }
 

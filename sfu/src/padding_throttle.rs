@@ -11,9 +11,12 @@
 //! So, toward a subscriber whose link queues, timer-driven timeouts are
 //! fed at most every [`MIN_GAP`]: padding falls to one packet per gap (~9 kbit/s). Timeouts that
 //! flush media just written are still fed at once (the engine does so right after a write),
-//! so audio is not held back. Probing needs prompt timeouts (a probe cluster is paced in
-//! milliseconds), so the throttle lifts for [`FREE`] out of every [`CYCLE`]: str0m's estimate can
-//! still find a link that came back.
+//! so audio is not held back. str0m also runs its timers on every input: what the subscriber
+//! connection receives meanwhile (RTCP) is held until the next tick (the engine does so).
+//! Probing needs prompt timeouts (a probe cluster is paced in milliseconds), so the throttle
+//! lifts for [`FREE`] out of every [`CYCLE`], and the engine asks str0m for a probe at the
+//! start of that window (by raising its desired rate): str0m's own periodic probes come every
+//! 5 s or more and would keep falling in the throttled part of a 5 s cycle.
 
 use std::time::{Duration, Instant};
 
@@ -21,7 +24,7 @@ use std::time::{Duration, Instant};
 pub const MIN_GAP: Duration = Duration::from_millis(100);
 /// Throttled for `CYCLE - FREE`, then free for `FREE`.
 pub const CYCLE: Duration = Duration::from_secs(5);
-pub const FREE: Duration = Duration::from_millis(1000);
+pub const FREE: Duration = Duration::from_millis(500);
 
 #[derive(Debug, Default)]
 pub struct TimerThrottle {
@@ -41,6 +44,12 @@ impl TimerThrottle {
 
     pub fn throttling(&self) -> bool {
         self.thin_since.is_some()
+    }
+
+    /// Whether `now` falls in a free window of the throttle (the time for a probe).
+    pub fn in_free_window(&self, now: Instant) -> bool {
+        self.thin_since
+            .is_some_and(|since| cycle_position(since, now) >= CYCLE - FREE)
     }
 
     /// The earliest a timeout str0m wants at `wanted` may be fed.
@@ -103,9 +112,11 @@ mod tests {
         let mut th = TimerThrottle::default();
         let t0 = Instant::now();
         th.set_thin(t0, true);
-        // 4 s throttled (one per 100 ms), 1 s free (one per 5 ms).
+        // 4.5 s throttled (one per 100 ms), 0.5 s free (one per 5 ms).
         let fed = ticks(&mut th, t0, 5);
-        assert!((235..=245).contains(&fed), "fed {fed}");
+        assert!((140..=150).contains(&fed), "fed {fed}");
+        assert!(!th.in_free_window(t0 + Duration::from_millis(4400)));
+        assert!(th.in_free_window(t0 + Duration::from_millis(4600)));
         th.set_thin(t0 + Duration::from_secs(5), false);
         assert_eq!(ticks(&mut th, t0 + Duration::from_secs(5), 1), 200);
     }

@@ -2,7 +2,7 @@
 
 import { test } from "node:test";
 import assert from "node:assert/strict";
-import { dropRed, setPtime } from "../protocol.js";
+import { dropRed, mediaSections, setPtime } from "../protocol.js";
 
 const ANSWER = [
   "v=0",
@@ -42,4 +42,11 @@ test("setPtime sets the frame duration of one m-section", () => {
   assert.doesNotMatch(first, /a=ptime/);
   assert.equal((second.match(/a=ptime:/g) || []).length, 1);
   assert.match(second, /a=mid:2\r\na=ptime:60/);
+});
+
+test("mediaSections names each m-section by kind and mid, in order", () => {
+  assert.equal(mediaSections(ANSWER), "audio:0 audio:2");
+  const more = ANSWER + "m=video 9 UDP/TLS/RTP/SAVPF 96\r\na=mid:3\r\n";
+  assert.equal(mediaSections(more), "audio:0 audio:2 video:3");
+  assert.notEqual(mediaSections(more), mediaSections(ANSWER));
 });
