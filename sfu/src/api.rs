@@ -171,6 +171,9 @@ pub struct SfuStats {
     /// redundancy of the next RED packet.
     pub red_recovered: u64,
     pub keyframe_requests_sent: u64,
+    /// Video packets of a copy just paused that str0m's pacer still held, dropped instead of
+    /// sent (see `engine::STALE_AFTER_PAUSE`).
+    pub stale_video_dropped: u64,
     /// str0m's per-media counters summed (NACKs and PLIs both ways, bytes, packets).
     pub media: crate::stats::MediaTotals,
     /// Every live connection's link: estimate, RTT, loss.
@@ -188,6 +191,7 @@ impl SfuStats {
         self.rtp_malformed_red += o.rtp_malformed_red;
         self.red_recovered += o.red_recovered;
         self.keyframe_requests_sent += o.keyframe_requests_sent;
+        self.stale_video_dropped += o.stale_video_dropped;
         self.send_failures += o.send_failures;
         self.datagrams_handed_over += o.datagrams_handed_over;
         self.media.add(&o.media);

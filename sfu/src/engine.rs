@@ -47,6 +47,12 @@ const MAX_SLEEP: Duration = Duration::from_millis(100);
 /// Inputs held for a throttled subscriber connection at most (then handed over at once): a
 /// browser sends some 40 RTCP packets a second, a throttle gap holds a few.
 const HELD_INPUT_MAX: usize = 64;
+/// How long after a video copy is paused its packets still leaving str0m's pacer are dropped.
+/// str0m paces what it was given at its estimate and never drops: when a link collapses, the
+/// video written at the old estimate kept reaching the physician for 1-4 s after the pause
+/// (38-59 kbit/s of a 100 kbit/s link, the queue full ahead of the stethoscope, measured on
+/// the rural-link capture). Its pacer lets a packet wait 2 s at most.
+const STALE_AFTER_PAUSE: Duration = Duration::from_millis(2500);
 
 /// A simulcast layer nobody has received for this long may be paused by its publisher.
 pub const LAYER_PAUSE_AFTER: Duration = Duration::from_secs(3);
@@ -70,6 +76,8 @@ pub const AUDIO_HINT_INTERVAL: Duration = Duration::from_secs(2);
 
 /// How often every subscriber's allocation is redone (besides on each new estimate).
 const ALLOCATION_INTERVAL: Duration = Duration::from_millis(250);
+/// Redundancy toward a subscriber, once turned off, is not turned back on before this.
+const RED_REARM: Duration = Duration::from_secs(5);
 
 /// Under this estimate a subscriber's link is reported low (`low_link`); it is reported fine
 /// again above [`LINK_OK_BPS`].
@@ -138,6 +146,9 @@ struct Participant {
     /// STUN), handed over at the next tick: str0m runs its timers on every input, so each
     /// receiver report would otherwise let it pad (see `padding_throttle`).
     held_input: Vec<(Instant, SocketAddr, Vec<u8>)>,
+    /// SSRCs of its video copies paused recently, and when: what str0m's pacer still holds of
+    /// them is dropped rather than sent (see [`STALE_AFTER_PAUSE`]).
+    stale_video: Vec<(u32, Instant)>,
 }
 
 impl Participant {
@@ -343,7 +354,9 @@ impl Engine {
                 contents,
             },
         );
+        // Not from a client that takes audio retransmissions: its NACKs are answered at once.
         let hold = key.1 == PeerTarget::Subscriber
+            && !p.audio_rtx
             && !p.tick_throttle.may_tick(now)
             && p.held_input.len() < HELD_INPUT_MAX;
         if hold {
@@ -639,6 +652,7 @@ impl Engine {
                 tick_throttle: Default::default(),
                 media_written: false,
                 held_input: Vec::new(),
+                stale_video: Vec::new(),
                 queued_at: None,
                 receiving_since: now,
             },
@@ -1043,6 +1057,8 @@ impl Engine {
             return;
         };
         let mut keyframes = Vec::new();
+        p.stale_video
+            .retain(|(_, at)| now.saturating_duration_since(*at) < STALE_AFTER_PAUSE);
         for (source, choice) in decisions {
             let Some(i) = demands.iter().position(|d| d.key == source) else {
                 continue;
@@ -1053,6 +1069,18 @@ impl Engine {
                 if o.fwd.set_target(layer) {
                     if let Some(l) = layer {
                         keyframes.push((source, l));
+                    }
+                }
+                if o.kind == TrackKind::Video && before.is_some() != layer.is_some() {
+                    let ssrc = o.mid.and_then(|mid| {
+                        let mut api = p.subscriber.rtc.direct_api();
+                        api.stream_tx_by_mid(mid, None).map(|s| *s.ssrc())
+                    });
+                    if let Some(ssrc) = ssrc {
+                        p.stale_video.retain(|(s, _)| *s != ssrc);
+                        if layer.is_none() {
+                            p.stale_video.push((ssrc, now));
+                        }
                     }
                 }
                 if before != layer {
@@ -1214,7 +1242,10 @@ impl Engine {
             // Not while the link queues: loss from a full queue is congestion, and redundancy
             // would add to it (a collapsing link's reports show 40-60 % loss while the lagging
             // estimate still has room: RED doubled the audio into it).
-            let red = lossy && !congested && o.red_pt.is_some() && fits;
+            let rearmed = o.red
+                || o.red_off_at
+                    .is_none_or(|t| now.saturating_duration_since(t) >= RED_REARM);
+            let red = lossy && !congested && o.red_pt.is_some() && fits && rearmed;
             if red {
                 if let Some(r) = room.as_mut() {
                     *r -= rate;
@@ -1223,12 +1254,16 @@ impl Engine {
             if red != o.red {
                 info!(participant = %p.id, track = %o.track_id(), red, loss = ?p.subscriber.counters.link.loss_to_client, "audio redundancy");
                 o.red = red;
+                if !red {
+                    o.red_off_at = Some(now);
+                }
             }
             // The publisher's own redundancy toward a thin link: speech never (a queue that
             // empties for a moment must not get it back, or it refills at once), the
-            // stethoscope only while the link loses without queueing (random loss it repairs).
+            // stethoscope only while it is given redundancy (the link loses without queueing:
+            // random loss it repairs).
             let steth = o.label == consult_protocol::TrackLabel::Stethoscope;
-            let strip = thin && !(steth && lossy && !congested);
+            let strip = thin && !(steth && red);
             if strip != o.strip_red {
                 info!(participant = %p.id, track = %o.track_id(), strip, "publisher's redundancy stripped");
                 o.strip_red = strip;
@@ -1478,8 +1513,13 @@ impl Engine {
         // (25-37 kbit/s measured). str0m's probes still find the link back in the throttle's
         // free windows. Not on a low link that never queued: one receiving little (audio only)
         // probes little, and its estimate stays low on a good link.
+        // A client that takes audio retransmissions (our Rust peers) only while the link
+        // queues: between the throttle's ticks, the resends it asks for would wait.
         let was = p.tick_throttle.throttling();
-        let thin = p.link_shown_thin(now);
+        let thin = match p.audio_rtx {
+            true => p.gate.congested(),
+            false => p.link_shown_thin(now),
+        };
         p.tick_throttle.set_thin(now, thin);
         if was != thin {
             info!(participant = %p.id, throttled = thin, "str0m timers toward a thin link");
@@ -1572,6 +1612,12 @@ impl Engine {
         loop {
             match peer.rtc.poll_output() {
                 Ok(Output::Transmit(t)) => {
+                    if !p.stale_video.is_empty()
+                        && stale_video(&p.stale_video, &t.contents, now)
+                    {
+                        self.stats.stale_video_dropped += 1;
+                        continue;
+                    }
                     // str0m only sends to addresses whose STUN checked out: learn them.
                     self.demux.learn(t.destination, key);
                     tx.send(t.destination, &t.contents);
@@ -1950,4 +1996,45 @@ fn sync_ufrag(demux: &mut Demux, peer: &mut Peer, key: PeerKey) -> bool {
     demux.rename_peer(&peer.ufrag, ufrag.clone(), key);
     peer.ufrag = ufrag;
     true
+}
+
+/// Whether `datagram` is an RTP packet of a video copy paused less than
+/// [`STALE_AFTER_PAUSE`] ago (its header is in the clear under SRTP).
+fn stale_video(paused: &[(u32, Instant)], datagram: &[u8], now: Instant) -> bool {
+    let [first, second, _, _, _, _, _, _, a, b, c, d, ..] = *datagram else {
+        return false;
+    };
+    // RTP (version 2), not RTCP (payload types 72-79 with the marker bit: 200-207).
+    if first >> 6 != 2 || (72..=79).contains(&(second & 0x7f)) {
+        return false;
+    }
+    let ssrc = u32::from_be_bytes([a, b, c, d]);
+    paused
+        .iter()
+        .any(|(s, at)| *s == ssrc && now.saturating_duration_since(*at) < STALE_AFTER_PAUSE)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn rtp(pt: u8, ssrc: u32) -> Vec<u8> {
+        let mut p = vec![0x80, pt, 0, 1, 0, 0, 0, 0];
+        p.extend_from_slice(&ssrc.to_be_bytes());
+        p.extend_from_slice(&[0; 20]);
+        p
+    }
+
+    #[test]
+    fn only_rtp_of_a_copy_paused_moments_ago_is_stale() {
+        let t = Instant::now();
+        let paused = [(0x1234_5678, t)];
+        assert!(stale_video(&paused, &rtp(96, 0x1234_5678), t));
+        assert!(stale_video(&paused, &rtp(96 | 0x80, 0x1234_5678), t + Duration::from_secs(2)));
+        // Another stream, RTCP (a sender report has its SSRC elsewhere), too short, too late.
+        assert!(!stale_video(&paused, &rtp(97, 0x1234_5679), t));
+        assert!(!stale_video(&paused, &rtp(200, 0x1234_5678), t));
+        assert!(!stale_video(&paused, &[0x80, 96, 0, 1], t));
+        assert!(!stale_video(&paused, &rtp(96, 0x1234_5678), t + STALE_AFTER_PAUSE));
+    }
 }

@@ -292,6 +292,9 @@ pub struct TrackOut {
     pub red_pt: Option<Pt>,
     /// Send it as RED now (the link loses packets, and the redundancy fits).
     pub red: bool,
+    /// When `red` last went off: it comes back no sooner than `RED_REARM` after (the room
+    /// it needs comes and goes with every allocation on a thin link).
+    pub red_off_at: Option<std::time::Instant>,
     /// Strip the publisher's own RED to plain Opus for this subscriber: its link queues, and
     /// only the stethoscope keeps its redundancy there.
     pub strip_red: bool,
@@ -323,6 +326,7 @@ impl TrackOut {
             pt_map: Vec::new(),
             red_pt: None,
             red: false,
+            red_off_at: None,
             strip_red: false,
             resend_cache: Default::default(),
             audio_rtx: None,

@@ -51,7 +51,7 @@ impl Metrics {
         .expect("valid metric");
         r.register(Box::new(participants.clone()))
             .expect("unique metric");
-        let counter_defs: [(&str, &str, ReadCounter); 17] = [
+        let counter_defs: [(&str, &str, ReadCounter); 18] = [
             (
                 "consult_sfu_datagrams_in_total",
                 "UDP datagrams received",
@@ -126,6 +126,11 @@ impl Metrics {
                 "consult_sfu_dropped_malformed_total",
                 "Datagrams dropped: not STUN, DTLS, RTP or RTCP",
                 |s| s.dropped_malformed,
+            ),
+            (
+                "consult_sfu_stale_video_dropped_total",
+                "Video packets of a just-paused copy still queued in the pacer, dropped instead of sent",
+                |s| s.stale_video_dropped,
             ),
             (
                 "consult_sfu_send_failures_total",

@@ -2,7 +2,9 @@
 # The physician's Chromium behind a tc-tbf-shaped 100 kbit/s link (rural-link.test.mjs): builds
 # the server (unless CONSULT_SERVER_BIN names one), then runs the test inside a network
 # namespace of its own, in which it creates the shaped veth pair and the physician's namespace.
-# Needs root. Not yet part of scripts/test.sh: its clinical bounds are not met yet (issue 18).
+# Needs root. Part of scripts/test.sh with its guard bounds; the clinical targets of issue 18
+# (not all met yet) are reported in every run and asserted with CONSULT_RURAL_TARGETS=1.
+#   CONSULT_RURAL_TARGETS=1    assert the issue's targets instead of the guard bounds
 #   CONSULT_RURAL_SECONDS=60   how long the link stays at 100 kbit/s (default 30)
 #   CONSULT_RURAL_CAPTURE=f    tcpdump of the physician's side of the link into f (needs tcpdump)
 set -euo pipefail
