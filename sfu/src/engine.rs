@@ -1612,9 +1612,7 @@ impl Engine {
         loop {
             match peer.rtc.poll_output() {
                 Ok(Output::Transmit(t)) => {
-                    if !p.stale_video.is_empty()
-                        && stale_video(&p.stale_video, &t.contents, now)
-                    {
+                    if !p.stale_video.is_empty() && stale_video(&p.stale_video, &t.contents, now) {
                         self.stats.stale_video_dropped += 1;
                         continue;
                     }
@@ -2030,11 +2028,19 @@ mod tests {
         let t = Instant::now();
         let paused = [(0x1234_5678, t)];
         assert!(stale_video(&paused, &rtp(96, 0x1234_5678), t));
-        assert!(stale_video(&paused, &rtp(96 | 0x80, 0x1234_5678), t + Duration::from_secs(2)));
+        assert!(stale_video(
+            &paused,
+            &rtp(96 | 0x80, 0x1234_5678),
+            t + Duration::from_secs(2)
+        ));
         // Another stream, RTCP (a sender report has its SSRC elsewhere), too short, too late.
         assert!(!stale_video(&paused, &rtp(97, 0x1234_5679), t));
         assert!(!stale_video(&paused, &rtp(200, 0x1234_5678), t));
         assert!(!stale_video(&paused, &[0x80, 96, 0, 1], t));
-        assert!(!stale_video(&paused, &rtp(96, 0x1234_5678), t + STALE_AFTER_PAUSE));
+        assert!(!stale_video(
+            &paused,
+            &rtp(96, 0x1234_5678),
+            t + STALE_AFTER_PAUSE
+        ));
     }
 }
