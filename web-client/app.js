@@ -620,6 +620,8 @@ function reconnect(old) {
   }
   document.body.dataset.reconnecting = "1";
   problem(t("reconnecting"));
+  // What the dropped connection saw, for support (and the rural-link test's report).
+  state.droppedLogs = [...(state.droppedLogs || []).slice(-4), { closedWith: old.closedWith || null, log: old.log || [] }];
   old.close();
   for (const [, r] of state.remote) r.tile.remove();
   state.remote.clear();

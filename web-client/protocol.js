@@ -276,7 +276,9 @@ export class ConsultClient extends EventTarget {
         if (this.pendingPublish) this.pendingPublish.resolve(msg.sdp);
         break;
       case "subscriber_offer":
+        this.note("subscriber_offer", {});
         await this.answerSubscriber(msg);
+        this.note("subscriber_answered", {});
         break;
       case "device_control":
         this.emit("device", { from: msg.from, command: msg.command });
@@ -289,6 +291,7 @@ export class ConsultClient extends EventTarget {
         this.emit("recording", msg);
         break;
       case "bandwidth":
+        this.note("bandwidth", { audio_only: msg.audio_only, low_link: msg.low_link, estimate_kbps: msg.estimate_kbps });
         this.bandwidth = msg;
         this.emit("bandwidth", msg);
         break;
@@ -378,6 +381,7 @@ export class ConsultClient extends EventTarget {
 
   /** The WebSocket is gone (`closedWith` says how, for tests and support). */
   closed(code, reason) {
+    this.note("closed", { code, reason });
     this.closedWith = { code, reason, at: Date.now() };
     this.emit("closed", this.closedWith);
   }

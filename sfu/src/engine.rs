@@ -184,9 +184,18 @@ impl Participant {
             && now.saturating_duration_since(self.receiving_since) < SUBSCRIBER_WAIT;
         // Only a downlink that wanted video and queued: not one that receives little.
         let thin = self.allocation_audio_only && self.link_shown_thin(now);
+        // Or one that is collapsing now (a deep queue): when an access link drops, its own
+        // video fills the uplink and the feedback about the downlink is lost in that queue,
+        // so waiting for the downlink's audio-only switch (or for the uplink's loss) left the
+        // SFU blind for 3-4 s, the stethoscope losing 15-70 % a second meanwhile.
+        let collapsing = self.gate.congested()
+            && self
+                .gate
+                .queue_ms()
+                .is_some_and(|q| q >= crate::congestion::DEEP_QUEUE_MS);
         crate::uplink::UplinkView {
             loss: self.publisher.counters.link.loss_from_client,
-            downlink_thin: connecting || thin,
+            downlink_thin: connecting || thin || collapsing,
         }
     }
 
@@ -1376,7 +1385,17 @@ impl Engine {
         // str0m's estimate counts where the link shows queueing (see `congestion`).
         let raw_estimate = estimate;
         let rtt = p.subscriber.counters.link.rtt_ms;
-        let loss = p.subscriber.counters.link.loss_to_client;
+        // str0m's loss counts the packets sent in the last second that feedback has reported
+        // on: behind a queue deeper than a second (a collapsing link, RTT 1-1.2 s measured)
+        // there are none, and it reads None just when it matters. Then the receiver reports'
+        // loss, the worst of the streams sent.
+        let loss = p.subscriber.counters.link.loss_to_client.or_else(|| {
+            p.outs
+                .iter()
+                .filter(|o| o.state == OutState::Open)
+                .filter_map(|o| o.mid.and_then(|m| p.subscriber.counters.egress_loss(m)))
+                .reduce(f32::max)
+        });
         let estimate = p
             .gate
             .effective_estimate(now, estimate, rtt, loss, flowing, wanted);

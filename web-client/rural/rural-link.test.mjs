@@ -159,6 +159,8 @@ test("the link drops from 2 Mbit/s to 100 kbit/s and back: audio stays clean, vi
   console.log(`physician sends at 100 kbit/s: ${JSON.stringify(docSent)}`);
   const docLog = await doc.evaluate(() => (window.consult.client.log || []).map((e) => ({ ...e, t: e.t - window.consult.client.log[0].t })));
   console.log(`physician's client log: ${JSON.stringify(docLog)}`);
+  const dropped = await doc.evaluate(() => window.consult.droppedLogs || []);
+  for (const d of dropped) console.log(`physician's dropped connection: ${JSON.stringify({ closedWith: d.closedWith, sinceDropMs: d.closedWith && d.closedWith.at - dropAt, log: d.log.map((e) => ({ ...e, t: e.t - dropAt })) })}`);
   const closed = await doc.evaluate(() => window.consult.client.closedWith || null);
   if (closed) console.log(`physician's WebSocket closed: ${JSON.stringify({ ...closed, sinceDropMs: closed.at - dropAt })}`);
   // What the cart was told to encode its audio at, and what it sends (packets per second).
