@@ -164,6 +164,21 @@ impl Participant {
                     .is_some_and(|t| now.saturating_duration_since(t) < THIN_EVIDENCE_FOR))
     }
 
+    /// Loss on what it receives. str0m's figure counts the packets sent in the last second
+    /// that feedback has reported on: behind a queue deeper than a second (a collapsing link,
+    /// RTT 1-1.2 s measured) there are none, and it reads None just when it matters. Then the
+    /// receiver reports' loss, the worst of the streams forwarded now (a paused stream's last
+    /// report is stale).
+    fn loss_to_client(&self) -> Option<f32> {
+        self.subscriber.counters.link.loss_to_client.or_else(|| {
+            self.outs
+                .iter()
+                .filter(|o| o.state == OutState::Open && o.forwarding())
+                .filter_map(|o| o.mid.and_then(|m| self.subscriber.counters.egress_loss(m)))
+                .reduce(f32::max)
+        })
+    }
+
     /// When its subscriber connection next needs str0m fed: its timeout, or at once when
     /// input is held (before the throttle, which may hold both).
     fn subscriber_wants_at(&self) -> Instant {
@@ -288,11 +303,15 @@ impl Engine {
             ] {
                 media.add_peer(&peer.counters);
                 let subscriber = target == PeerTarget::Subscriber;
+                let mut link = peer.counters.link;
+                if subscriber {
+                    link.loss_to_client = p.loss_to_client();
+                }
                 peers.push(PeerReport {
                     participant: p.id.clone(),
                     room: p.room.clone(),
                     target,
-                    link: peer.counters.link,
+                    link,
                     allocated_bps: (subscriber && p.estimate_bps().is_some())
                         .then_some(p.allocated_bps),
                     allocation_estimate_bps: p
@@ -1385,17 +1404,7 @@ impl Engine {
         // str0m's estimate counts where the link shows queueing (see `congestion`).
         let raw_estimate = estimate;
         let rtt = p.subscriber.counters.link.rtt_ms;
-        // str0m's loss counts the packets sent in the last second that feedback has reported
-        // on: behind a queue deeper than a second (a collapsing link, RTT 1-1.2 s measured)
-        // there are none, and it reads None just when it matters. Then the receiver reports'
-        // loss, the worst of the streams sent.
-        let loss = p.subscriber.counters.link.loss_to_client.or_else(|| {
-            p.outs
-                .iter()
-                .filter(|o| o.state == OutState::Open)
-                .filter_map(|o| o.mid.and_then(|m| p.subscriber.counters.egress_loss(m)))
-                .reduce(f32::max)
-        });
+        let loss = p.loss_to_client();
         let estimate = p
             .gate
             .effective_estimate(now, estimate, rtt, loss, flowing, wanted);

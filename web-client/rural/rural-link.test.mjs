@@ -85,6 +85,21 @@ async function admit(doc, ids) {
   return clicked;
 }
 
+/** The physician's subscriber connection in /metrics: loss toward it, estimate, RTT. */
+async function physicianLink(baseUrl, participant) {
+  const res = await fetch(`${baseUrl}/metrics`, { headers: { authorization: API } });
+  const text = await res.text();
+  const out = {};
+  for (const line of text.split("\n")) {
+    if (!line.includes(`participant="${participant}"`) || !line.includes('connection="subscriber"')) continue;
+    const value = Number(line.slice(line.lastIndexOf(" ") + 1));
+    if (line.startsWith("consult_peer_loss_fraction") && line.includes('direction="to_client"')) out.loss_to_client = value;
+    else if (line.startsWith("consult_peer_estimate_bps")) out.estimate_bps = value;
+    else if (line.startsWith("consult_peer_rtt_ms")) out.rtt_ms = value;
+  }
+  return out;
+}
+
 function report(name, data) {
   writeFileSync(join(ARTIFACTS, `rural-link-${name}.json`), JSON.stringify(data, null, 1));
 }
@@ -146,7 +161,19 @@ test("the link drops from 2 Mbit/s to 100 kbit/s and back: audio stays clean, vi
   const topWidth = Math.max(...inbound(good, "camera").map((i) => i.frameWidth || 0));
   const dropAt = Date.now();
   link.setRate(100);
+  // What the server's /metrics say of the physician's link meanwhile (loss toward it, from
+  // its feedback; the estimate): sampled every second.
+  const physicianId = await doc.evaluate(() => window.consult.client.participantId);
+  const serverView = [];
+  const watch = setInterval(() => {
+    physicianLink(server.baseUrl, physicianId)
+      .then((m) => serverView.push({ t: Date.now() - dropAt, ...m }))
+      .catch(() => {});
+  }, 1000);
   await sleep(THIN_SECONDS * 1000);
+  clearInterval(watch);
+  const lossSeen = serverView.map((m) => m.loss_to_client).filter((v) => v !== undefined);
+  console.log(`server's view of the physician's downlink (loss to client, max over the thin period): ${lossSeen.length ? Math.max(...lossSeen) : "none"}; ${JSON.stringify(serverView.slice(0, 8))}`);
   await doc.screenshot({ path: join(ARTIFACTS, "rural-link-physician-thin.png"), fullPage: true });
   const banner = await doc.evaluate(() => ({
     shown: !document.getElementById("bandwidth-banner").hidden,
@@ -199,11 +226,13 @@ test("the link drops from 2 Mbit/s to 100 kbit/s and back: audio stays clean, vi
   logTable("at 2 Mbit/s", before);
   logTable(`at 100 kbit/s, ${THIN_SECONDS} s from 2 s after the drop`, settled);
   console.log(`camera top layer (${topWidth} px) back after ${topBackMs} ms`);
-  report("drop", { banner, cartAudio, topWidth, topBackMs, dropAt, thinEnd, backAt, before, settled, samples: all, queue });
+  report("drop", { banner, cartAudio, topWidth, topBackMs, dropAt, thinEnd, backAt, before, settled, serverView, samples: all, queue });
   await doc.screenshot({ path: join(ARTIFACTS, "rural-link-physician-recovered.png"), fullPage: true });
   await Promise.all([cart, patient, doc].map((p) => p.context().close()));
 
   assertAudioBounds(settled, "at 100 kbit/s");
+  // The server says what is true: the loss toward the physician during the drop shows.
+  assert.ok(lossSeen.some((v) => v > 0.05), `loss toward the physician seen in /metrics: ${JSON.stringify(lossSeen)}`);
   if (STRICT) assert.equal(banner.reconnections, 0, "the physician's session survives the drop");
   assert.ok(topBackMs !== null && topBackMs <= BOUNDS.topBackMs, `top camera layer back after ${topBackMs} ms (≤ ${BOUNDS.topBackMs} ms)`);
 });
