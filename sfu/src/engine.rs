@@ -365,7 +365,7 @@ impl Engine {
             }
             return;
         };
-        let Ok(contents) = buf.try_into() else {
+        let Some(input) = udp_input(now, source, self.candidate_addr, buf) else {
             self.stats.datagrams_dropped += 1;
             self.stats.dropped_malformed += 1;
             return;
@@ -373,15 +373,6 @@ impl Engine {
         let Some(p) = self.participants.get_mut(&key.0) else {
             return;
         };
-        let input = Input::Receive(
-            now,
-            Receive {
-                proto: Protocol::Udp,
-                source,
-                destination: self.candidate_addr,
-                contents,
-            },
-        );
         // Not from a client that takes audio retransmissions: its NACKs are answered at once.
         let hold = key.1 == PeerTarget::Subscriber
             && !p.audio_rtx
@@ -437,18 +428,10 @@ impl Engine {
                         tick_throttle.ticked(now);
                         // What arrived meanwhile first (each input also runs str0m's timers).
                         for (_, source, buf) in held_input.drain(..) {
-                            let Ok(contents) = buf.as_slice().try_into() else {
+                            let Some(input) = udp_input(now, source, self.candidate_addr, &buf)
+                            else {
                                 continue;
                             };
-                            let input = Input::Receive(
-                                now,
-                                Receive {
-                                    proto: Protocol::Udp,
-                                    source,
-                                    destination: self.candidate_addr,
-                                    contents,
-                                },
-                            );
                             if let Err(e) = peer.rtc.handle_input(input) {
                                 debug!(participant = %id, "input rejected: {e}");
                             }
@@ -2022,6 +2005,25 @@ fn sync_ufrag(demux: &mut Demux, peer: &mut Peer, key: PeerKey) -> bool {
     demux.rename_peer(&peer.ufrag, ufrag.clone(), key);
     peer.ufrag = ufrag;
     true
+}
+
+/// A datagram read from the UDP socket, as str0m takes it (`None`: not one it can parse).
+fn udp_input(
+    now: Instant,
+    source: SocketAddr,
+    destination: SocketAddr,
+    buf: &[u8],
+) -> Option<Input<'_>> {
+    let contents = buf.try_into().ok()?;
+    Some(Input::Receive(
+        now,
+        Receive {
+            proto: Protocol::Udp,
+            source,
+            destination,
+            contents,
+        },
+    ))
 }
 
 /// Whether `datagram` is an RTP packet of a video copy paused less than
