@@ -1524,13 +1524,14 @@ impl Engine {
         // (25-37 kbit/s measured). str0m's probes still find the link back in the throttle's
         // free windows. Not on a low link that never queued: one receiving little (audio only)
         // probes little, and its estimate stays low on a good link.
+        // Only while no video is forwarded, unless the link queues now: video paced in bursts a
+        // tick apart reads as queueing to str0m's delay-based estimator, which then sinks the
+        // estimate on a link that came back (the top layer never returned in one run of five).
         // A client that takes audio retransmissions (our Rust peers) only while the link
         // queues: between the throttle's ticks, the resends it asks for would wait.
         let was = p.tick_throttle.throttling();
-        let thin = match p.audio_rtx {
-            true => p.gate.congested(),
-            false => p.link_shown_thin(now),
-        };
+        let thin = p.gate.congested()
+            || (!p.audio_rtx && p.allocation_audio_only && p.link_shown_thin(now));
         p.tick_throttle.set_thin(now, thin);
         if was != thin {
             info!(participant = %p.id, throttled = thin, "str0m timers toward a thin link");
