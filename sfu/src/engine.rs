@@ -378,9 +378,6 @@ impl Engine {
             && !p.audio_rtx
             && !p.tick_throttle.may_tick(now)
             && p.held_input.len() < HELD_INPUT_MAX;
-        if hold {
-            p.held_input.push((now, source, buf.to_vec()));
-        }
         let peer = p.peer_mut(key.1);
         peer.last_rx = now;
         if peer.silent {
@@ -391,6 +388,7 @@ impl Engine {
             p.notify(SfuEvent::Connected(key.1));
         }
         if hold {
+            p.held_input.push((now, source, buf.to_vec()));
             return;
         }
         // A malformed packet from a known address must not end the session: log and go on.
