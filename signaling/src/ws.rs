@@ -256,10 +256,26 @@ pub async fn run_session(state: Arc<AppState>, socket: WebSocket) {
         return;
     }
     info!(participant = id, room, role = %claims.role, "joined");
+    // What the join produced (`joined` first) goes out before any media event: the SFU, on
+    // its own thread, may already have an offer for a participant admitted at once (one who
+    // comes back), and a client ignores everything before `joined`.
+    let mut ended = false;
+    while let Ok(out) = out_rx.try_recv() {
+        match out {
+            Outbound::Msg(m) => ended = !send(&mut sink, &m).await,
+            Outbound::Close => {
+                close(&mut sink, CLOSE_NORMAL, "closed by the server").await;
+                ended = true;
+            }
+        }
+        if ended {
+            break;
+        }
+    }
 
     let mut leave_reason = LeaveReason::Disconnected;
     let mut media = crate::incidents::MediaIncidents::default();
-    loop {
+    while !ended {
         tokio::select! {
             incoming = next_incoming(&mut stream) => match incoming {
                 Incoming::Msg(ClientMsg::Leave) => {

@@ -88,3 +88,78 @@ async fn dropped_cart_rejoins_without_readmission() {
         .iter()
         .any(|r| r.action == "join" && r.detail["rejoin"] == true));
 }
+
+/// A participant admitted at once when it comes back has an offer waiting for it as soon as it
+/// joins (the physician's tracks): `joined` must still be the first message it gets, since a
+/// client ignores everything before it (a Chromium page that came back received no media when
+/// the offer overtook `joined`). Many rejoins, as the race depends on thread scheduling.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn joined_comes_before_the_offer_of_a_participant_back() {
+    use futures_util::{SinkExt, StreamExt};
+    use tokio_tungstenite::tungstenite::Message;
+
+    async fn first_message(ws: &mut Ws) -> ServerMsg {
+        loop {
+            let m = tokio::time::timeout(WAIT, ws.next())
+                .await
+                .expect("server answers in time")
+                .expect("connection open")
+                .expect("readable frame");
+            if let Message::Text(t) = m {
+                return serde_json::from_str(t.as_str()).expect("server JSON");
+            }
+        }
+    }
+    type Ws = tokio_tungstenite::WebSocketStream<
+        tokio_tungstenite::MaybeTlsStream<tokio::net::TcpStream>,
+    >;
+    async fn join(srv: &TestServer, token: &str) -> (Ws, ServerMsg) {
+        let (mut ws, _) = tokio_tungstenite::connect_async(srv.ws_url())
+            .await
+            .expect("ws connects");
+        let join = ClientMsg::Join {
+            version: 1,
+            token: token.into(),
+            room: None,
+            audio_rtx: false,
+            twcc_omits_probes: false,
+        };
+        let text = serde_json::to_string(&join).unwrap();
+        ws.send(Message::text(text)).await.expect("send");
+        let first = first_message(&mut ws).await;
+        (ws, first)
+    }
+
+    let srv = start_server().await;
+    let room = "room-joined-first";
+    let mut doc = srv.join(room, "dr-jf", Role::Physician).await;
+    let _tracks = doc.publish(&[TrackLabel::Microphone]).await.unwrap();
+    let token = srv.token(room, "patient-jf", Role::Patient);
+    let (mut ws, first) = join(&srv, &token).await;
+    let ServerMsg::Joined { participant_id, .. } = first else {
+        panic!("expected joined, got {first:?}");
+    };
+    doc.send(ClientMsg::Admit { participant_id }).unwrap();
+    loop {
+        if let ServerMsg::Admitted { .. } = first_message(&mut ws).await {
+            break;
+        }
+    }
+    for round in 0..20 {
+        ws.close(None).await.ok();
+        drop(ws);
+        let (next, first) = join(&srv, &token).await;
+        match first {
+            ServerMsg::Joined { state, .. } => {
+                assert_eq!(state, AdmissionState::Admitted, "round {round}")
+            }
+            other => panic!("round {round}: first message {other:?}, not joined"),
+        }
+        ws = next;
+        // The offer the race is about does come (after `joined`).
+        while !matches!(
+            first_message(&mut ws).await,
+            ServerMsg::SubscriberOffer { .. }
+        ) {}
+    }
+}

@@ -120,7 +120,19 @@ export async function waitStats(page, what, check, timeoutMs = 30000) {
     if (check(last)) return last;
     await new Promise((r) => setTimeout(r, 500));
   }
-  assert.fail(`${what}: not reached; last stats ${JSON.stringify(last)}`);
+  // What the page's client saw (connection states, its last notes), for diagnosis.
+  const client = await page
+    .evaluate(() => {
+      const c = window.consult.client;
+      return {
+        state: c.state,
+        publisher: c.publisher ? c.publisher.connectionState : null,
+        subscriber: c.subscriber ? c.subscriber.connectionState : null,
+        log: (c.log || []).slice(-20),
+      };
+    })
+    .catch((e) => String(e));
+  assert.fail(`${what}: not reached; last stats ${JSON.stringify(last)}; client ${JSON.stringify(client)}`);
 }
 
 /** Poll `f` until it returns something truthy. */
