@@ -275,103 +275,105 @@ pub async fn run_session(state: Arc<AppState>, socket: WebSocket) {
 
     let mut leave_reason = LeaveReason::Disconnected;
     let mut media = crate::incidents::MediaIncidents::default();
-    while !ended {
-        tokio::select! {
-            incoming = next_incoming(&mut stream) => match incoming {
-                Incoming::Msg(ClientMsg::Leave) => {
-                    leave_reason = LeaveReason::Left;
-                    break;
-                }
-                Incoming::Msg(msg) => {
-                    if let Err(r) = handle_msg(&state, &room, &id, msg, &mut sink).await {
+    if !ended {
+        loop {
+            tokio::select! {
+                incoming = next_incoming(&mut stream) => match incoming {
+                    Incoming::Msg(ClientMsg::Leave) => {
+                        leave_reason = LeaveReason::Left;
+                        break;
+                    }
+                    Incoming::Msg(msg) => {
+                        if let Err(r) = handle_msg(&state, &room, &id, msg, &mut sink).await {
+                            send_error(&mut sink, &r).await;
+                        }
+                    }
+                    Incoming::Bad(r) => {
                         send_error(&mut sink, &r).await;
+                        if r.code == ErrorCode::MessageTooLarge {
+                            close(&mut sink, CLOSE_TOO_BIG, "message too large").await;
+                            break;
+                        }
                     }
-                }
-                Incoming::Bad(r) => {
-                    send_error(&mut sink, &r).await;
-                    if r.code == ErrorCode::MessageTooLarge {
-                        close(&mut sink, CLOSE_TOO_BIG, "message too large").await;
+                    Incoming::Ignore => {}
+                    Incoming::Closed => break,
+                },
+                out = out_rx.recv() => match out {
+                    Some(Outbound::Msg(m)) => {
+                        if !send(&mut sink, &m).await {
+                            break;
+                        }
+                    }
+                    Some(Outbound::Close) | None => {
+                        close(&mut sink, CLOSE_NORMAL, "closed by the server").await;
                         break;
                     }
-                }
-                Incoming::Ignore => {}
-                Incoming::Closed => break,
-            },
-            out = out_rx.recv() => match out {
-                Some(Outbound::Msg(m)) => {
-                    if !send(&mut sink, &m).await {
-                        break;
+                },
+                Some(ev) = sfu_rx.recv() => match ev {
+                    SfuEvent::SubscriberOffer { sdp, tracks } => {
+                        if !send(&mut sink, &ServerMsg::SubscriberOffer { sdp, tracks }).await {
+                            break;
+                        }
                     }
-                }
-                Some(Outbound::Close) | None => {
-                    close(&mut sink, CLOSE_NORMAL, "closed by the server").await;
-                    break;
-                }
-            },
-            Some(ev) = sfu_rx.recv() => match ev {
-                SfuEvent::SubscriberOffer { sdp, tracks } => {
-                    if !send(&mut sink, &ServerMsg::SubscriberOffer { sdp, tracks }).await {
-                        break;
+                    SfuEvent::Disconnected(target) => {
+                        // Reported after this much silence: the loss began that long ago.
+                        let silence = consult_sfu::engine::SILENCE_IS_LOSS;
+                        let now = std::time::Instant::now();
+                        let since = now.checked_sub(silence).unwrap_or(now);
+                        if let Some(detail) = media.lost(since, target) {
+                            state.audit.record(&room, Some(&claims.sub), "incident", None, detail);
+                        }
                     }
-                }
-                SfuEvent::Disconnected(target) => {
-                    // Reported after this much silence: the loss began that long ago.
-                    let silence = consult_sfu::engine::SILENCE_IS_LOSS;
-                    let now = std::time::Instant::now();
-                    let since = now.checked_sub(silence).unwrap_or(now);
-                    if let Some(detail) = media.lost(since, target) {
-                        state.audit.record(&room, Some(&claims.sub), "incident", None, detail);
+                    SfuEvent::Bandwidth { audio_only, low_link, estimate_bps, paused } => {
+                        let now = std::time::Instant::now();
+                        for detail in media.bandwidth(now, audio_only, low_link, estimate_bps) {
+                            state.audit.record(&room, Some(&claims.sub), "incident", None, detail);
+                        }
+                        let msg = ServerMsg::Bandwidth {
+                            audio_only,
+                            low_link,
+                            estimate_kbps: estimate_bps / 1000,
+                            paused_track_ids: paused,
+                        };
+                        if !send(&mut sink, &msg).await {
+                            break;
+                        }
                     }
-                }
-                SfuEvent::Bandwidth { audio_only, low_link, estimate_bps, paused } => {
-                    let now = std::time::Instant::now();
-                    for detail in media.bandwidth(now, audio_only, low_link, estimate_bps) {
-                        state.audit.record(&room, Some(&claims.sub), "incident", None, detail);
+                    SfuEvent::PublisherLayers { mid, active_rids, uplink_paused } => {
+                        let msg = ServerMsg::PublisherLayers { mid, active_rids, uplink_paused };
+                        if !send(&mut sink, &msg).await {
+                            break;
+                        }
                     }
-                    let msg = ServerMsg::Bandwidth {
-                        audio_only,
-                        low_link,
-                        estimate_kbps: estimate_bps / 1000,
-                        paused_track_ids: paused,
-                    };
-                    if !send(&mut sink, &msg).await {
-                        break;
-                    }
-                }
-                SfuEvent::PublisherLayers { mid, active_rids, uplink_paused } => {
-                    let msg = ServerMsg::PublisherLayers { mid, active_rids, uplink_paused };
-                    if !send(&mut sink, &msg).await {
-                        break;
-                    }
-                }
-                SfuEvent::PublisherAudio {
-                    mid,
-                    expected_loss_pct,
-                    max_bitrate_bps,
-                    ptime_ms,
-                    redundancy,
-                } => {
-                    let msg = ServerMsg::PublisherAudio {
+                    SfuEvent::PublisherAudio {
                         mid,
                         expected_loss_pct,
                         max_bitrate_bps,
                         ptime_ms,
                         redundancy,
-                    };
-                    if !send(&mut sink, &msg).await {
-                        break;
+                    } => {
+                        let msg = ServerMsg::PublisherAudio {
+                            mid,
+                            expected_loss_pct,
+                            max_bitrate_bps,
+                            ptime_ms,
+                            redundancy,
+                        };
+                        if !send(&mut sink, &msg).await {
+                            break;
+                        }
                     }
-                }
-                SfuEvent::IceRestarted(target) => {
-                    let detail = crate::incidents::ice_restart(target);
-                    state.audit.record(&room, Some(&claims.sub), "incident", None, detail);
-                }
-                SfuEvent::Connected(target) => {
-                    if let Some(detail) = media.connected(std::time::Instant::now(), target) {
+                    SfuEvent::IceRestarted(target) => {
+                        let detail = crate::incidents::ice_restart(target);
                         state.audit.record(&room, Some(&claims.sub), "incident", None, detail);
                     }
-                }
-            },
+                    SfuEvent::Connected(target) => {
+                        if let Some(detail) = media.connected(std::time::Instant::now(), target) {
+                            state.audit.record(&room, Some(&claims.sub), "incident", None, detail);
+                        }
+                    }
+                },
+            }
         }
     }
     state.hub.unregister(&id);
