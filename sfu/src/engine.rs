@@ -391,6 +391,14 @@ impl Engine {
             p.held_input.push((now, source, buf.to_vec()));
             return;
         }
+        if key.1 == PeerTarget::Subscriber {
+            feed_held(
+                &mut p.subscriber,
+                &mut p.held_input,
+                self.candidate_addr,
+                &p.id,
+            );
+        }
         // A malformed packet from a known address must not end the session: log and go on.
         if let Err(e) = p.peer_mut(key.1).rtc.handle_input(input) {
             debug!(participant = %p.id, ?key, "input rejected: {e}");
@@ -425,15 +433,7 @@ impl Engine {
                     if target == PeerTarget::Subscriber {
                         tick_throttle.ticked(now);
                         // What arrived meanwhile first (each input also runs str0m's timers).
-                        for (_, source, buf) in held_input.drain(..) {
-                            let Some(input) = udp_input(now, source, self.candidate_addr, &buf)
-                            else {
-                                continue;
-                            };
-                            if let Err(e) = peer.rtc.handle_input(input) {
-                                debug!(participant = %id, "input rejected: {e}");
-                            }
-                        }
+                        feed_held(peer, held_input, self.candidate_addr, id);
                     }
                     if let Err(e) = peer.rtc.handle_input(Input::Timeout(now)) {
                         debug!(participant = %id, "timeout rejected: {e}");
@@ -1634,6 +1634,9 @@ impl Engine {
                     peer.next_timeout = t;
                     if t <= now && due_feeds > 0 {
                         due_feeds -= 1;
+                        if key.1 == PeerTarget::Subscriber {
+                            feed_held(peer, &mut p.held_input, self.candidate_addr, &p.id);
+                        }
                         if let Err(e) = peer.rtc.handle_input(Input::Timeout(now)) {
                             debug!(participant = %p.id, "timeout rejected: {e}");
                         }
@@ -2004,6 +2007,29 @@ fn sync_ufrag(demux: &mut Demux, peer: &mut Peer, key: PeerKey) -> bool {
     demux.rename_peer(&peer.ufrag, ufrag.clone(), key);
     peer.ufrag = ufrag;
     true
+}
+
+/// Hands what was held for a throttled subscriber connection to str0m, each datagram at the
+/// time it arrived. str0m reads the round trip from when it handles feedback: fed at the tick,
+/// a hold of up to `MIN_GAP` read as a queue to the congestion gate, which kept the throttle
+/// on (a loop: a physician on loopback was held at audio only for 20 s). Called before
+/// anything else is fed to that connection, so that its clock never goes back. No extra
+/// padding: str0m pads only when its queues are empty, and the first padding packet queued
+/// fills them until the connection is polled.
+fn feed_held(
+    peer: &mut Peer,
+    held: &mut Vec<(Instant, SocketAddr, Vec<u8>)>,
+    destination: SocketAddr,
+    id: &str,
+) {
+    for (at, source, buf) in held.drain(..) {
+        let Some(input) = udp_input(at, source, destination, &buf) else {
+            continue;
+        };
+        if let Err(e) = peer.rtc.handle_input(input) {
+            debug!(participant = %id, "input rejected: {e}");
+        }
+    }
 }
 
 /// A datagram read from the UDP socket, as str0m takes it (`None`: not one it can parse).
