@@ -71,19 +71,19 @@ impl StillStore {
         }
     }
 
+    /// A room's folder: its name made path-safe, then a hash of the name itself, so that two
+    /// rooms whose names differ only in characters the cleaning replaces (`ward.1`, `ward_1`)
+    /// never share a folder.
     fn room_dir(&self, room: &str) -> PathBuf {
-        // Room names come from signed tokens, but keep them path-safe all the same.
-        let clean: String = room
-            .chars()
-            .map(|c| {
-                if c.is_ascii_alphanumeric() || c == '-' || c == '_' {
-                    c
-                } else {
-                    '_'
-                }
-            })
-            .collect();
-        self.dir.join(clean)
+        let hash = hex::encode(&Sha256::digest(room.as_bytes())[..16]);
+        let name: String = clean_room_name(room).chars().take(64).collect();
+        self.dir.join(format!("{name}-{hash}"))
+    }
+
+    /// The folder earlier versions kept a room's stills in (its cleaned name alone, shared by
+    /// rooms whose names clean alike): still read, each still checked against its room.
+    fn legacy_room_dir(&self, room: &str) -> PathBuf {
+        self.dir.join(clean_room_name(room))
     }
 
     /// Announce an upload. Only professionals (physician, companion) take stills.
@@ -263,17 +263,18 @@ impl StillStore {
         Ok(status)
     }
 
-    /// Stills of a room, oldest first.
+    /// Stills of a room, oldest first (only those recorded as taken in that room).
     pub fn list(&self, room: &str) -> Vec<StillInfo> {
-        let mut out: Vec<StillInfo> = std::fs::read_dir(self.room_dir(room))
-            .into_iter()
-            .flatten()
-            .flatten()
+        let mut out: Vec<StillInfo> = [self.room_dir(room), self.legacy_room_dir(room)]
+            .iter()
+            .flat_map(|dir| std::fs::read_dir(dir).into_iter().flatten().flatten())
             .filter(|e| e.path().extension().is_some_and(|x| x == "json"))
             .filter_map(|e| std::fs::read(e.path()).ok())
-            .filter_map(|b| serde_json::from_slice(&b).ok())
+            .filter_map(|b| serde_json::from_slice::<StillInfo>(&b).ok())
+            .filter(|s| s.room == room)
             .collect();
         out.sort_by_key(|s: &StillInfo| (s.uploaded_at_ms, s.still_id.clone()));
+        out.dedup_by(|a, b| a.still_id == b.still_id);
         out
     }
 
@@ -283,15 +284,33 @@ impl StillStore {
         if !safe_id(id) {
             return Err(not_found());
         }
-        let dir = self.room_dir(room);
-        let meta: StillInfo = std::fs::read(dir.join(format!("{id}.json")))
-            .ok()
-            .and_then(|b| serde_json::from_slice(&b).ok())
+        // Only a still recorded as taken in this very room.
+        let (dir, meta) = [self.room_dir(room), self.legacy_room_dir(room)]
+            .into_iter()
+            .find_map(|dir| {
+                let meta: StillInfo = std::fs::read(dir.join(format!("{id}.json")))
+                    .ok()
+                    .and_then(|b| serde_json::from_slice(&b).ok())?;
+                (meta.room == room).then_some((dir, meta))
+            })
             .ok_or_else(not_found)?;
         let ext = extension(&meta.content_type).unwrap_or("bin");
         let bytes = std::fs::read(dir.join(format!("{id}.{ext}"))).map_err(|_| not_found())?;
         Ok((meta, bytes))
     }
+}
+
+/// A room name made path-safe (room names come from signed tokens, but all the same).
+fn clean_room_name(room: &str) -> String {
+    room.chars()
+        .map(|c| {
+            if c.is_ascii_alphanumeric() || c == '-' || c == '_' {
+                c
+            } else {
+                '_'
+            }
+        })
+        .collect()
 }
 
 fn check_owner(who: &TokenClaims, meta: &StillInfo) -> Result<(), StillError> {
@@ -314,4 +333,52 @@ fn check_owner(who: &TokenClaims, meta: &StillInfo) -> Result<(), StillError> {
 
 fn internal(e: impl std::fmt::Display) -> StillError {
     refuse(500, ErrorCode::Internal, e.to_string())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use consult_protocol::TrackLabel;
+
+    fn still(id: &str, room: &str) -> StillInfo {
+        StillInfo {
+            still_id: id.into(),
+            room: room.into(),
+            author_identity: "ide".into(),
+            author_name: "IDE".into(),
+            author_role: Role::Companion,
+            label: TrackLabel::Otoscope,
+            content_type: "image/jpeg".into(),
+            size: 3,
+            sha256: String::new(),
+            taken_at_ms: 1,
+            uploaded_at_ms: 2,
+            device: None,
+        }
+    }
+
+    /// A still left by an earlier version in a folder two rooms shared is read by its own room
+    /// only.
+    #[test]
+    fn a_shared_legacy_folder_serves_each_still_to_its_own_room() {
+        let data = std::env::temp_dir().join(format!("stills-legacy-{}", std::process::id()));
+        let store = StillStore::new(&data);
+        let legacy = store.legacy_room_dir("ward.1");
+        assert_eq!(
+            legacy,
+            store.legacy_room_dir("ward_1"),
+            "the old folders collide"
+        );
+        assert_ne!(store.room_dir("ward.1"), store.room_dir("ward_1"));
+        std::fs::create_dir_all(&legacy).unwrap();
+        let meta = serde_json::to_vec(&still("abc123", "ward.1")).unwrap();
+        std::fs::write(legacy.join("abc123.json"), meta).unwrap();
+        std::fs::write(legacy.join("abc123.jpg"), b"jpg").unwrap();
+
+        assert_eq!(store.list("ward.1").len(), 1);
+        assert!(store.list("ward_1").is_empty());
+        assert_eq!(store.get("ward.1", "abc123").unwrap().1, b"jpg");
+        assert!(store.get("ward_1", "abc123").is_err());
+        std::fs::remove_dir_all(&data).ok();
+    }
 }

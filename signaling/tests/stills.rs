@@ -291,3 +291,62 @@ async fn bad_uploads_are_refused() {
         .unwrap();
     assert!(done.still.is_some());
 }
+
+/// Rooms whose names differ only in punctuation (`ward.1`, `ward_1`) keep their stills apart:
+/// the second room's physician neither lists nor downloads the first room's still.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn stills_stay_in_their_room_whatever_its_name() {
+    let srv = start_server().await;
+    let api = Api {
+        srv: &srv,
+        http: reqwest::Client::new(),
+    };
+    let nurse = srv.token("ward.1", "ide-ward", Role::Companion);
+    let file = jpeg(20_000);
+    let st: StillUploadStatus = api
+        .begin(&nurse, announce(&file, "image/jpeg"))
+        .await
+        .json()
+        .await
+        .unwrap();
+    let done: StillUploadStatus = api
+        .put(&nurse, &st.upload_id, 0, &file)
+        .await
+        .json()
+        .await
+        .unwrap();
+    let still = done.still.expect("complete");
+
+    let gallery = |token: String| {
+        let http = api.http.clone();
+        let url = srv.http_url("/api/stills");
+        async move {
+            let r = http.get(url).bearer_auth(token).send().await.unwrap();
+            assert_eq!(r.status().as_u16(), 200);
+            r.json::<Vec<StillInfo>>().await.unwrap()
+        }
+    };
+    let own = srv.token("ward.1", "dr-ward", Role::Physician);
+    assert_eq!(gallery(own.clone()).await.len(), 1, "its own room lists it");
+    let other = srv.token("ward_1", "dr-other", Role::Physician);
+    assert!(
+        gallery(other.clone()).await.is_empty(),
+        "another room lists nothing"
+    );
+    let r = api
+        .http
+        .get(srv.http_url(&format!("/api/stills/{}", still.still_id)))
+        .bearer_auth(&other)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(error_of(r, 404).await, ErrorCode::NotFound);
+    let r = api
+        .http
+        .get(srv.http_url(&format!("/api/stills/{}", still.still_id)))
+        .bearer_auth(&own)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status().as_u16(), 200);
+}
