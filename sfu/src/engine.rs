@@ -115,6 +115,8 @@ struct Participant {
     twcc_bps: Option<u64>,
     remb_bps: Option<u64>,
     allocated_bps: u64,
+    /// What the allocator's next step up would take in all (see `Allocation::next_step_bps`).
+    next_step_bps: u64,
     /// The estimate the allocator last split (str0m's, through the congestion gate).
     allocation_estimate_bps: Option<u64>,
     /// The allocator's latest result put every video track on pause.
@@ -648,6 +650,7 @@ impl Engine {
                 twcc_bps: None,
                 remb_bps: None,
                 allocated_bps: 0,
+                next_step_bps: 0,
                 allocation_estimate_bps: None,
                 allocation_audio_only: false,
                 paused_notified: Vec::new(),
@@ -1422,12 +1425,20 @@ impl Engine {
         // On a link reported low, video comes back only as the congestion gate's trial of a
         // step up (no queue for its hold, which grows after each trial that queues), not on
         // the estimate alone: a probe through a shaper's bucket reads 2-3x the link, and some
-        // peers' estimates stay low on a link that has come back.
+        // peers' estimates stay low on a link that has come back. And only once str0m's own
+        // estimate (its probes in the throttle's free windows) has room for that step: at
+        // 100 kbit/s it read 38-71 kbit/s, and each trial of the lowest video layer filled the
+        // link's queue, 10-23 % of the audio lost for two seconds and the receiver's jitter
+        // buffer raised for tens of seconds. Peers without str0m's estimate (theirs is REMB,
+        // which some keep low on a link that came back) keep the trial alone.
+        let room_for_step = p.twcc_bps.is_none()
+            || raw_estimate as f64 * crate::allocator::USABLE_SHARE >= p.next_step_bps as f64;
         p.allocator
-            .set_video_resume(!p.low_link || p.gate.may_step_up(now));
+            .set_video_resume(!p.low_link || (p.gate.may_step_up(now) && room_for_step));
         let allocation = p.allocator.allocate(now, estimate, demands);
         debug!(participant = %p.id, raw_estimate, flowing, estimate, ?rtt, ?demands, ?allocation, "allocation");
         p.allocated_bps = allocation.allocated_bps;
+        p.next_step_bps = allocation.next_step_bps;
         p.allocation_estimate_bps = Some(estimate);
         p.allocation_audio_only = allocation.audio_only;
         // No padding (minimum 0): webrtc-rs peers leave str0m's probe packets out of their
