@@ -645,8 +645,17 @@ async function main() {
     applyStrings();
     if (state.client) renderParticipants();
   };
-  const token = new URLSearchParams(location.search).get("token");
+  // The join link carries the token: out of the address bar (and so of the history, of a
+  // screen share, of a bookmark) once read, kept for this tab only so that a reload still works.
+  const params = new URLSearchParams(location.search);
+  const token = params.get("token") || sessionStorage.getItem("consult-token");
   if (!token) return show("none");
+  if (params.has("token")) {
+    sessionStorage.setItem("consult-token", token);
+    params.delete("token");
+    const rest = params.toString();
+    history.replaceState(null, "", location.pathname + (rest ? `?${rest}` : "") + location.hash);
+  }
   state.token = token;
   state.claims = tokenClaims(token) || {};
   $("who").textContent = `${state.claims.name || ""} — ${roleText(state.claims.role, state.claims.companion_kind)}`;

@@ -69,6 +69,14 @@ pub fn router(state: Arc<AppState>) -> Router {
                 .layer(DefaultBodyLimit::max(MAX_CHUNK_BYTES)),
         )
         .route("/api/stills/{id}", get(get_still))
+        .layer(axum::middleware::from_fn_with_state(
+            crate::security_headers::Policy {
+                // A real certificate: the generated development one would pin browsers to
+                // HTTPS on a developer's machine.
+                hsts: !state.config.insecure_http && state.config.tls_cert.is_some(),
+            },
+            crate::security_headers::add,
+        ))
         .with_state(state)
 }
 

@@ -11,6 +11,7 @@ pub mod incidents;
 pub mod metrics;
 pub mod recording;
 pub mod room;
+pub mod security_headers;
 pub mod server;
 pub mod stills;
 pub mod summary;

@@ -251,6 +251,36 @@ async fn https_with_a_generated_development_certificate() {
     let _ = std::fs::remove_dir_all(dir);
 }
 
+/// Every answer carries the security headers: the page's content security policy (no framing),
+/// no sniffing, no referrer (join links carry a token), and no caching of API answers.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn security_headers_on_pages_and_api_answers() {
+    let srv = start_server().await;
+    let http = reqwest::Client::new();
+    let cfg = &srv.server.state.config;
+    let api = basic(&cfg.api_key, &cfg.api_secret);
+    let page = http.get(srv.http_url("/")).send().await.unwrap();
+    let audit = http
+        .get(srv.http_url("/api/audit"))
+        .header("authorization", &api)
+        .send()
+        .await
+        .unwrap();
+    let refused = http.get(srv.http_url("/api/audit")).send().await.unwrap();
+    assert_eq!(refused.status().as_u16(), 401);
+    for r in [&page, &audit, &refused] {
+        let h = r.headers();
+        let csp = h["content-security-policy"].to_str().unwrap();
+        assert!(csp.contains("frame-ancestors 'none'") && csp.contains("script-src 'self'"));
+        assert_eq!(h["x-content-type-options"], "nosniff");
+        assert_eq!(h["referrer-policy"], "no-referrer");
+        // Plain HTTP (tests, development): no HSTS.
+        assert!(!h.contains_key("strict-transport-security"));
+    }
+    assert_eq!(audit.headers()["cache-control"], "no-store");
+    assert_eq!(refused.headers()["cache-control"], "no-store");
+}
+
 #[test]
 fn plain_http_off_loopback_is_refused() {
     let mut config = Config::for_tests(std::env::temp_dir());

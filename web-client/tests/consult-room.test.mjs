@@ -237,6 +237,16 @@ test("waiting room, admission, media both ways, stethoscope settings and a still
   await cart.screenshot({ path: join(ARTIFACTS, "companion.png") });
   await patient.screenshot({ path: join(ARTIFACTS, "patient-refused.png") });
 
+  // Everything above ran under the server's content security policy, and the join token left
+  // the address bar once read (a reload still joins: the tab keeps it).
+  for (const p of [doc, cart, patient]) {
+    assert.deepEqual(p.cspViolations, [], "nothing refused by the content security policy");
+    assert.ok(!p.url().includes("token="), `token out of the address bar: ${p.url()}`);
+  }
+  const headers = (await fetch(links.physician)).headers;
+  assert.match(headers.get("content-security-policy"), /frame-ancestors 'none'/);
+  assert.equal(headers.get("referrer-policy"), "no-referrer");
+
   // Ending the consultation reaches the cart.
   await doc.click("#end");
   await cart.waitForSelector("body[data-state=ended]");

@@ -89,8 +89,11 @@ export async function openPage(browser, url, name, contextOptions = {}) {
   const context = await browser.newContext({ viewport: { width: 1280, height: 900 }, ...contextOptions });
   const page = await context.newPage();
   page.on("pageerror", (e) => console.error(`[${name}] page error: ${e.message}`));
+  // What the page's content security policy refused (a test asserts there is nothing).
+  page.cspViolations = [];
   page.on("console", (m) => {
     if (m.type() === "error") console.error(`[${name}] ${m.text()}`);
+    if (m.text().includes("Content Security Policy")) page.cspViolations.push(m.text());
   });
   page.on("response", (r) => {
     if (r.status() >= 400) console.error(`[${name}] ${r.status()} ${r.url()}`);

@@ -83,5 +83,10 @@ test("a dropped or stalled WebSocket: the patient's page joins again and media f
   await waitStats(patient, "patient receives the physician after the stall", (s) => framesFrom(s, "camera") > 10, 20000);
   console.log(`stalled connection given up after ${gaveUpMs} ms`);
   assert.ok(gaveUpMs >= 29000, `not before 30 s of silence (${gaveUpMs} ms)`);
+
+  // A reload (the token is out of the address bar by now) comes back to the device check.
+  assert.ok(!patient.url().includes("token="));
+  await patient.reload();
+  await patient.waitForSelector("#screen-check:not([hidden])", { timeout: 10000 });
   await Promise.all([doc, patient].map((p) => p.context().close()));
 });
