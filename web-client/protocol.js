@@ -244,6 +244,11 @@ export class ConsultClient extends EventTarget {
         this.emit("state", { state: this.state, reason: msg.reason });
         this.close();
         break;
+      case "server_shutdown":
+        // The server is stopping (a deploy, a restart): the connection closes next, and the
+        // page joins again as after any drop (its backoff covers the restart).
+        this.note("server_shutdown", { retry_after_ms: msg.retry_after_ms });
+        break;
       case "consultation_ended":
         this.state = "ended";
         this.emit("state", { state: this.state });

@@ -251,6 +251,12 @@ pub enum ServerMsg {
     ConsultationEnded {
         by: ParticipantId,
     },
+    /// The server is stopping (a deploy, a restart): the connection closes next. Join again
+    /// with the same token after about `retry_after_ms` (to this server once it is back, or
+    /// to another one); a recording in progress was stopped and its files kept.
+    ServerShutdown {
+        retry_after_ms: u32,
+    },
     /// To a cart: a physician steers one of its devices.
     DeviceControl {
         from: ParticipantId,
@@ -359,6 +365,8 @@ pub enum ErrorCode {
     UnsupportedType,
     /// An upload chunk at the wrong offset (the answer carries the right one).
     Conflict,
+    /// The server is stopping: join again in a moment.
+    ShuttingDown,
     Internal,
 }
 
@@ -385,6 +393,7 @@ impl ErrorCode {
             ErrorCode::TooLarge => "too_large",
             ErrorCode::UnsupportedType => "unsupported_type",
             ErrorCode::Conflict => "conflict",
+            ErrorCode::ShuttingDown => "shutting_down",
             ErrorCode::Internal => "internal",
         }
     }

@@ -96,6 +96,14 @@ impl ConsentRound {
         Ok(self.check())
     }
 
+    /// The server stops (its files are closed and kept).
+    pub fn server_shutdown(&mut self) -> Outcome {
+        if self.is_over() {
+            return Outcome::Unchanged;
+        }
+        self.stop("server shutdown".into())
+    }
+
     /// The physician stops it.
     pub fn stop_by(&mut self, who: &str) -> Outcome {
         self.stop(format!("stopped by {who}"))

@@ -34,6 +34,8 @@ pub struct Hub {
     /// Where a consultation's summary is written when it ends (`<room>.json`).
     summaries_dir: Option<std::path::PathBuf>,
     pub recordings: crate::recording::Recordings,
+    /// Set by [`Hub::shutdown`]: joins are refused from then on.
+    shutting_down: std::sync::atomic::AtomicBool,
 }
 
 impl Hub {
@@ -50,7 +52,26 @@ impl Hub {
             sessions: DashMap::new(),
             sfu,
             audit,
+            shutting_down: Default::default(),
         }
+    }
+
+    /// The server stops: joins are refused from now on, and every room tells its participants
+    /// (`server_shutdown`), stops its recording (the writers close their files) and closes
+    /// their connections. Returns the number of rooms told.
+    pub fn shutdown(&self, retry_after_ms: u32) -> usize {
+        use std::sync::atomic::Ordering;
+        self.shutting_down.store(true, Ordering::SeqCst);
+        let names: Vec<String> = self.rooms.iter().map(|r| r.key().clone()).collect();
+        for name in &names {
+            let _ = self.input(name, Input::ServerShutdown { retry_after_ms });
+        }
+        names.len()
+    }
+
+    /// Connected participants (sessions past their `join`).
+    pub fn sessions(&self) -> usize {
+        self.sessions.len()
     }
 
     pub fn sfu(&self) -> &SfuHandle {
@@ -115,6 +136,16 @@ impl Hub {
     pub fn input(&self, room: &str, input: Input) -> Result<(), Refusal> {
         let r = self.room(room);
         let mut r = r.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
+        // Checked under the room's lock: a join either comes before the room's shutdown (and
+        // is told with the others) or sees the flag.
+        if matches!(input, Input::Join { .. })
+            && self.shutting_down.load(std::sync::atomic::Ordering::SeqCst)
+        {
+            return Err(Refusal {
+                code: consult_protocol::ErrorCode::ShuttingDown,
+                message: "the server is stopping: join again in a moment".into(),
+            });
+        }
         let effects = r.handle(input)?;
         for e in effects {
             self.apply(room, e);

@@ -16,7 +16,7 @@ use consult_sfu::{SfuHandle, TapPacket};
 use serde_json::json;
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 use tokio::sync::mpsc;
@@ -30,6 +30,17 @@ pub struct Recordings {
     key: Key,
     /// Stop flags of running recordings, by recording id.
     running: Mutex<HashMap<String, Arc<AtomicBool>>>,
+    /// Writer threads not finished yet (a file still open).
+    writers: Arc<AtomicUsize>,
+}
+
+/// Counts a writer thread as live until it ends (a panic included).
+struct LiveWriter(Arc<AtomicUsize>);
+
+impl Drop for LiveWriter {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::SeqCst);
+    }
 }
 
 impl Recordings {
@@ -38,6 +49,7 @@ impl Recordings {
             dir: data_dir.join("recordings"),
             key,
             running: Mutex::new(HashMap::new()),
+            writers: Arc::new(AtomicUsize::new(0)),
         }
     }
 
@@ -82,6 +94,7 @@ impl Recordings {
                 stop.clone(),
                 audit.clone(),
                 room,
+                &self.writers,
             );
             if let Err(e) = writer {
                 warn!(room, "recording not started: {e:#}");
@@ -105,6 +118,20 @@ impl Recordings {
             s.store(true, Ordering::Relaxed);
         }
     }
+
+    /// Wait (at most `limit`) until every writer has closed its file and recorded it in the
+    /// audit trail; false if some are still writing. For a shutdown, after the rooms stopped
+    /// their recordings.
+    pub async fn wait_closed(&self, limit: Duration) -> bool {
+        let deadline = tokio::time::Instant::now() + limit;
+        while self.writers.load(Ordering::SeqCst) > 0 {
+            if tokio::time::Instant::now() >= deadline {
+                return false;
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        true
+    }
 }
 
 fn recorder_error(audit: &AuditLog, room: &str, id: &str, error: &str) {
@@ -117,6 +144,7 @@ fn recorder_error(audit: &AuditLog, room: &str, id: &str, error: &str) {
     );
 }
 
+#[allow(clippy::too_many_arguments)]
 fn spawn_writer(
     path: PathBuf,
     key: &Key,
@@ -125,15 +153,19 @@ fn spawn_writer(
     stop: Arc<AtomicBool>,
     audit: AuditLog,
     room: &str,
+    writers: &Arc<AtomicUsize>,
 ) -> anyhow::Result<()> {
     if let Some(parent) = path.parent() {
         std::fs::create_dir_all(parent)?;
     }
     let file = SealedWriter::new(std::fs::File::create(&path)?, key)?;
     let room = room.to_owned();
+    writers.fetch_add(1, Ordering::SeqCst);
+    let live = LiveWriter(writers.clone());
     std::thread::Builder::new()
         .name("recorder".into())
         .spawn(move || {
+            let _live = live;
             let label = track.label.to_string();
             let result = match track.kind {
                 TrackKind::Audio => {

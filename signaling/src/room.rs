@@ -113,6 +113,11 @@ pub enum Input {
     StopRecording {
         by: ParticipantId,
     },
+    /// The server stops: everyone is told and disconnected, a recording is stopped. The room
+    /// is not ended (its participants may join again once the server is back).
+    ServerShutdown {
+        retry_after_ms: u32,
+    },
 }
 
 /// A refused input: the error goes back to whoever sent it.
@@ -295,6 +300,7 @@ impl Room {
                 accept,
             } => self.recording_consent(fx, &by, &recording_id, accept)?,
             Input::StopRecording { by } => self.stop_recording(fx, &by)?,
+            Input::ServerShutdown { retry_after_ms } => self.server_shutdown(fx, retry_after_ms),
         }
         Ok(())
     }
@@ -554,6 +560,36 @@ impl Room {
         }
         self.ended = true;
         Ok(())
+    }
+
+    fn server_shutdown(&mut self, fx: &mut Vec<Effect>, retry_after_ms: u32) {
+        // Stopped for this reason first (not as the participants' departure).
+        if let Some(round) = self.recording.as_mut() {
+            let outcome = round.server_shutdown();
+            self.apply_recording(fx, outcome);
+        }
+        fx.push(audit(
+            None,
+            "server_shutdown",
+            None,
+            json!({"participants": self.members.len()}),
+        ));
+        for m in self.members.drain(..) {
+            fx.push(audit(
+                Some(&m.identity),
+                "disconnect",
+                None,
+                json!({"participant": m.id, "reason": "server_shutdown"}),
+            ));
+            fx.push(Effect::Send {
+                to: m.id.clone(),
+                msg: ServerMsg::ServerShutdown { retry_after_ms },
+            });
+            if m.admitted() {
+                fx.push(Effect::StopMedia { id: m.id.clone() });
+            }
+            fx.push(Effect::Close { to: m.id });
+        }
     }
 
     fn leave(&mut self, fx: &mut Vec<Effect>, id: &str, reason: LeaveReason, now: Instant) {
@@ -1069,6 +1105,44 @@ mod tests {
             .iter()
             .any(|e| matches!(e, Effect::Close { to } if to == "pat")));
         assert!(!r.contains("pat"));
+    }
+
+    #[test]
+    fn a_server_shutdown_tells_and_closes_everyone_without_ending_the_room() {
+        let mut r = Room::new("r");
+        join(&mut r, "doc", Role::Physician);
+        join(&mut r, "pat", Role::Patient);
+        let fx = r
+            .handle(Input::ServerShutdown {
+                retry_after_ms: 5000,
+            })
+            .unwrap();
+        for id in ["doc", "pat"] {
+            assert!(matches!(
+                sent_to(&fx, id)[..],
+                [ServerMsg::ServerShutdown {
+                    retry_after_ms: 5000
+                }]
+            ));
+            assert!(fx
+                .iter()
+                .any(|e| matches!(e, Effect::Close { to } if to == id)));
+        }
+        assert!(fx
+            .iter()
+            .any(|e| matches!(e, Effect::StopMedia { id } if id == "doc")));
+        assert!(fx.iter().any(|e| matches!(
+            e,
+            Effect::Audit {
+                action: "server_shutdown",
+                ..
+            }
+        )));
+        assert!(!r.contains("doc") && !r.contains("pat"));
+        // Not ended: once the server is back, the consultation goes on.
+        assert!(!r.is_ended());
+        join(&mut r, "doc", Role::Physician);
+        assert!(r.contains("doc"));
     }
 
     #[test]

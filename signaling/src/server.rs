@@ -8,7 +8,8 @@ use axum_server::accept::NoDelayAcceptor;
 use consult_sfu::{SfuConfig, SfuHandle};
 use std::net::SocketAddr;
 use std::sync::Arc;
-use tracing::info;
+use std::time::Duration;
+use tracing::{info, warn};
 
 /// What every request handler and session shares.
 pub struct AppState {
@@ -39,6 +40,56 @@ impl RunningServer {
     pub fn shutdown(&self) {
         self.handle.shutdown();
     }
+
+    /// Stop as a deploy or a restart wants it (SIGTERM, SIGINT), within about `limit`: no new
+    /// joins, every participant told (`server_shutdown`: join again after `RETRY_AFTER`) and
+    /// disconnected, recordings stopped and their files closed, the audit trail written out,
+    /// then the listener closed. What does not finish in time is cut (and logged).
+    pub async fn shutdown_gracefully(&self, limit: Duration) -> ShutdownReport {
+        let started = tokio::time::Instant::now();
+        let deadline = started + limit;
+        let rooms = self.state.hub.shutdown(RETRY_AFTER.as_millis() as u32);
+        // The sessions send what they were told and close.
+        while self.state.hub.sessions() > 0 && tokio::time::Instant::now() < deadline {
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        let sessions_left = self.state.hub.sessions();
+        let left = deadline.saturating_duration_since(tokio::time::Instant::now());
+        let recordings_closed = self.state.hub.recordings.wait_closed(left).await;
+        let left = deadline.saturating_duration_since(tokio::time::Instant::now());
+        let audit_flushed = tokio::time::timeout(left, self.state.audit.ping())
+            .await
+            .is_ok_and(|r| r.is_ok());
+        self.handle
+            .graceful_shutdown(Some(Duration::from_millis(500)));
+        let report = ShutdownReport {
+            rooms,
+            sessions_left,
+            recordings_closed,
+            audit_flushed,
+            took: started.elapsed(),
+        };
+        if report.sessions_left > 0 || !recordings_closed || !audit_flushed {
+            warn!(?report, "shutdown cut short");
+        } else {
+            info!(?report, "shut down");
+        }
+        report
+    }
+}
+
+/// When clients are told to join again after a shutdown (a restart takes a few seconds).
+pub const RETRY_AFTER: Duration = Duration::from_secs(5);
+
+/// What a graceful shutdown got done.
+#[derive(Debug, Clone)]
+pub struct ShutdownReport {
+    pub rooms: usize,
+    /// Sessions still open when the time was up.
+    pub sessions_left: usize,
+    pub recordings_closed: bool,
+    pub audit_flushed: bool,
+    pub took: Duration,
 }
 
 pub async fn start(config: Config) -> anyhow::Result<RunningServer> {
