@@ -47,7 +47,7 @@ pub struct AuditLog {
     jobs: mpsc::Sender<Job>,
 }
 
-fn now_ms() -> i64 {
+pub(crate) fn now_ms() -> i64 {
     SystemTime::now()
         .duration_since(UNIX_EPOCH)
         .map(|d| d.as_millis() as i64)
@@ -145,24 +145,41 @@ fn writer(conn: Connection, jobs: mpsc::Receiver<Job>) {
     }
 }
 
+/// What a restarted server replays (`crate::restore`): every consultation's end, and the rest
+/// of the trail since `since_ms` (who was admitted lately). Read before the writer starts.
+pub fn read_for_restore(path: &Path, since_ms: i64) -> anyhow::Result<Vec<AuditRecord>> {
+    if !path.exists() {
+        return Ok(Vec::new());
+    }
+    let conn = Connection::open_with_flags(path, OpenFlags::SQLITE_OPEN_READ_ONLY)?;
+    let mut stmt = conn.prepare(
+        "SELECT seq, ts_ms, room, actor, action, target, detail FROM audit
+         WHERE action = 'consultation_end' OR ts_ms >= ?1 ORDER BY seq",
+    )?;
+    let rows = stmt.query_map(params![since_ms], record_of_row)?;
+    Ok(rows.collect::<Result<_, _>>()?)
+}
+
+fn record_of_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<AuditRecord> {
+    let detail: String = r.get(6)?;
+    Ok(AuditRecord {
+        seq: r.get(0)?,
+        ts_ms: r.get(1)?,
+        room: r.get(2)?,
+        actor: r.get(3)?,
+        action: r.get(4)?,
+        target: r.get(5)?,
+        detail: serde_json::from_str(&detail).unwrap_or(Value::String(detail)),
+    })
+}
+
 fn read_records(path: &Path, room: Option<&str>) -> anyhow::Result<Vec<AuditRecord>> {
     let conn = Connection::open_with_flags(path, OpenFlags::SQLITE_OPEN_READ_ONLY)?;
     let mut stmt = conn.prepare(
         "SELECT seq, ts_ms, room, actor, action, target, detail FROM audit
          WHERE ?1 IS NULL OR room = ?1 ORDER BY seq",
     )?;
-    let rows = stmt.query_map(params![room], |r| {
-        let detail: String = r.get(6)?;
-        Ok(AuditRecord {
-            seq: r.get(0)?,
-            ts_ms: r.get(1)?,
-            room: r.get(2)?,
-            actor: r.get(3)?,
-            action: r.get(4)?,
-            target: r.get(5)?,
-            detail: serde_json::from_str(&detail).unwrap_or(Value::String(detail)),
-        })
-    })?;
+    let rows = stmt.query_map(params![room], record_of_row)?;
     Ok(rows.collect::<Result<_, _>>()?)
 }
 

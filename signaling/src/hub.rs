@@ -69,6 +69,18 @@ impl Hub {
         names.len()
     }
 
+    /// Take back the rooms a restarted server finds in its audit trail (see `restore`).
+    pub fn restore(
+        &self,
+        rooms: &std::collections::BTreeMap<String, crate::restore::RestoredRoom>,
+    ) {
+        let until = std::time::Instant::now() + crate::room::REJOIN_GRACE;
+        for (name, r) in rooms {
+            let room = Room::restored(name, r.ended, &r.admitted, until);
+            self.rooms.insert(name.clone(), Arc::new(Mutex::new(room)));
+        }
+    }
+
     /// Connected participants (sessions past their `join`).
     pub fn sessions(&self) -> usize {
         self.sessions.len()

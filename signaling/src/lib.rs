@@ -10,6 +10,7 @@ pub mod hub;
 pub mod incidents;
 pub mod metrics;
 pub mod recording;
+pub mod restore;
 pub mod room;
 pub mod security_headers;
 pub mod server;

@@ -184,6 +184,18 @@ pub struct Room {
 }
 
 impl Room {
+    /// A room as a restarted server takes it back from the audit trail (`crate::restore`):
+    /// ended (refusing joins), or with the identities that were admitted when the server
+    /// stopped admitted again at once if they come back before `rejoin_until`.
+    pub fn restored(name: &str, ended: bool, admitted: &[String], rejoin_until: Instant) -> Room {
+        let mut r = Room::new(name);
+        r.ended = ended;
+        if !ended {
+            r.rejoin_until = admitted.iter().map(|i| (i.clone(), rejoin_until)).collect();
+        }
+        r
+    }
+
     pub fn new(name: &str) -> Room {
         Room {
             name: name.to_owned(),

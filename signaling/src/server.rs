@@ -78,6 +78,9 @@ impl RunningServer {
     }
 }
 
+/// How far back a restart looks in the trail for who was admitted (every end is read).
+const RESTORE_WINDOW: Duration = Duration::from_secs(24 * 3600);
+
 /// When clients are told to join again after a shutdown (a restart takes a few seconds).
 pub const RETRY_AFTER: Duration = Duration::from_secs(5);
 
@@ -104,6 +107,10 @@ pub async fn start(config: Config) -> anyhow::Result<RunningServer> {
         threads: Some(config.sfu_threads).filter(|n| *n > 0),
     })
     .await?;
+    // The trail is the source of truth a restart takes rooms back from (see `restore`).
+    let since = crate::audit::now_ms() - RESTORE_WINDOW.as_millis() as i64;
+    let restored =
+        crate::restore::replay(&crate::audit::read_for_restore(&config.audit_db(), since)?);
     let audit = AuditLog::open(&config.audit_db())?;
     let tls = if config.insecure_http {
         None
@@ -136,6 +143,15 @@ pub async fn start(config: Config) -> anyhow::Result<RunningServer> {
         base_url: base_url.clone(),
         config,
     });
+    state.hub.restore(&restored);
+    let ended = restored.values().filter(|r| r.ended).count();
+    let admitted: usize = restored.values().map(|r| r.admitted.len()).sum();
+    if !restored.is_empty() {
+        info!(
+            ended,
+            admitted, "consultations taken back from the audit trail"
+        );
+    }
     let app = crate::http::router(state.clone()).into_make_service();
     match tls {
         Some(pair) => {

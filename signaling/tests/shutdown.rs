@@ -30,31 +30,44 @@ async fn recording_phase(c: &mut Client) -> (String, RecordingPhase) {
     .expect("a recording message")
 }
 
+/// The server process, killed if a failed assertion leaves it running (it would hold the test
+/// runner's output open).
+struct Server(std::process::Child);
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sigterm_tells_everyone_closes_recordings_and_exits() {
     let dir = std::env::temp_dir().join(format!("consult-stop-{:016x}", rand::random::<u64>()));
-    let mut server = Command::new(env!("CARGO_BIN_EXE_consult-server"))
-        .args([
-            "--insecure-http",
-            "--http-bind",
-            "127.0.0.1:0",
-            "--udp-bind",
-            "127.0.0.1:0",
-        ])
-        .args([
-            "--api-key",
-            KEY,
-            "--api-secret",
-            SECRET,
-            "--recording-key",
-            RECORDING_KEY,
-        ])
-        .arg("--data-dir")
-        .arg(&dir)
-        .stdout(Stdio::piped())
-        .spawn()
-        .expect("server starts");
-    let mut stdout = BufReader::new(server.stdout.take().unwrap());
+    let mut server = Server(
+        Command::new(env!("CARGO_BIN_EXE_consult-server"))
+            .args([
+                "--insecure-http",
+                "--http-bind",
+                "127.0.0.1:0",
+                "--udp-bind",
+                "127.0.0.1:0",
+            ])
+            .args([
+                "--api-key",
+                KEY,
+                "--api-secret",
+                SECRET,
+                "--recording-key",
+                RECORDING_KEY,
+            ])
+            .arg("--data-dir")
+            .arg(&dir)
+            .stdout(Stdio::piped())
+            .spawn()
+            .expect("server starts"),
+    );
+    let mut stdout = BufReader::new(server.0.stdout.take().unwrap());
     let mut line = String::new();
     while !line.starts_with("Consultation server: ") {
         line.clear();
@@ -126,7 +139,7 @@ async fn sigterm_tells_everyone_closes_recordings_and_exits() {
     // SIGTERM.
     let stopped_at = Instant::now();
     let kill = Command::new("kill")
-        .args(["-TERM", &server.id().to_string()])
+        .args(["-TERM", &server.0.id().to_string()])
         .status()
         .unwrap();
     assert!(kill.success());
@@ -143,7 +156,7 @@ async fn sigterm_tells_everyone_closes_recordings_and_exits() {
         assert!(retry > 0);
     }
     let status = loop {
-        if let Some(s) = server.try_wait().unwrap() {
+        if let Some(s) = server.0.try_wait().unwrap() {
             break s;
         }
         assert!(
