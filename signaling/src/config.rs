@@ -42,6 +42,13 @@ pub struct Config {
     pub downlink_estimation: bool,
     /// Media-plane threads, each owning whole rooms (0: one per core).
     pub sfu_threads: usize,
+    /// Open HTTP(S) and WebSocket connections one remote address may hold (more are closed
+    /// at once; several carts behind one EHPAD's address use a few each).
+    pub max_connections_per_address: usize,
+    /// A connection that sends nothing for this long is closed (WebSockets are pinged).
+    pub idle_timeout_secs: u64,
+    /// A request's headers must arrive within this.
+    pub header_timeout_secs: u64,
 }
 
 impl Default for Config {
@@ -61,6 +68,11 @@ impl Default for Config {
             recording_key: None,
             downlink_estimation: true,
             sfu_threads: 0,
+            max_connections_per_address: crate::conn_guard::ConnLimits::default().per_address,
+            idle_timeout_secs: crate::conn_guard::ConnLimits::default().idle_read.as_secs(),
+            header_timeout_secs: crate::conn_guard::ConnLimits::default()
+                .header_read
+                .as_secs(),
         }
     }
 }
@@ -128,6 +140,14 @@ impl Config {
             anyhow::bail!("udp_bind is unspecified: set public_ip to the address clients reach");
         }
         Ok(())
+    }
+
+    pub fn conn_limits(&self) -> crate::conn_guard::ConnLimits {
+        crate::conn_guard::ConnLimits {
+            per_address: self.max_connections_per_address.max(1),
+            idle_read: std::time::Duration::from_secs(self.idle_timeout_secs.max(1)),
+            header_read: std::time::Duration::from_secs(self.header_timeout_secs.max(1)),
+        }
     }
 
     pub fn audit_db(&self) -> PathBuf {

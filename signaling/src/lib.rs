@@ -4,6 +4,7 @@
 
 pub mod audit;
 pub mod config;
+pub mod conn_guard;
 pub mod consent;
 pub mod http;
 pub mod hub;

@@ -2,6 +2,7 @@
 
 use crate::audit::AuditLog;
 use crate::config::Config;
+use crate::conn_guard::GuardAcceptor;
 use crate::hub::Hub;
 use crate::token::TokenService;
 use axum_server::accept::NoDelayAcceptor;
@@ -153,22 +154,33 @@ pub async fn start(config: Config) -> anyhow::Result<RunningServer> {
         );
     }
     let app = crate::http::router(state.clone()).into_make_service();
+    // Signaling messages are small and latency-bound: no Nagle delay (it cost ~40 ms per round
+    // trip against delayed ACKs). Connections are capped per address and cut when idle or
+    // slow (see `conn_guard`).
+    let limits = state.config.conn_limits();
+    let guarded = GuardAcceptor::new(NoDelayAcceptor::new(), limits);
     match tls {
         Some(pair) => {
             let rustls =
                 axum_server::tls_rustls::RustlsConfig::from_pem(pair.cert_pem, pair.key_pem)
                     .await?;
-            // Signaling messages are small and latency-bound: no Nagle delay (it cost ~40 ms
-            // per round trip against delayed ACKs).
-            let server = axum_server::from_tcp_rustls(listener, rustls)?
-                .map(|tls| tls.acceptor(NoDelayAcceptor::new()))
+            let mut server = axum_server::from_tcp_rustls(listener, rustls)?
+                .map(|tls| tls.handshake_timeout(limits.header_read).acceptor(guarded))
                 .handle(handle.clone());
+            server
+                .http_builder()
+                .http1()
+                .header_read_timeout(limits.header_read);
             tokio::spawn(server.serve(app));
         }
         None => {
-            let server = axum_server::from_tcp(listener)?
-                .acceptor(NoDelayAcceptor::new())
+            let mut server = axum_server::from_tcp(listener)?
+                .acceptor(guarded)
                 .handle(handle.clone());
+            server
+                .http_builder()
+                .http1()
+                .header_read_timeout(limits.header_read);
             tokio::spawn(server.serve(app));
         }
     }

@@ -17,6 +17,10 @@ use std::time::Duration;
 use tokio::sync::mpsc;
 use tracing::{debug, info};
 
+/// A WebSocket ping to the client this often at most, and three times per idle timeout (its
+/// pong keeps the connection from being cut as idle).
+const SERVER_PING_EVERY: Duration = Duration::from_secs(15);
+
 /// How long a new connection has to send `join`.
 const JOIN_TIMEOUT: Duration = Duration::from_secs(10);
 /// WebSocket close code for "message too big" (RFC 6455 §7.4.1).
@@ -275,9 +279,18 @@ pub async fn run_session(state: Arc<AppState>, socket: WebSocket) {
 
     let mut leave_reason = LeaveReason::Disconnected;
     let mut media = crate::incidents::MediaIncidents::default();
+    // The connection closes after a silence (see `conn_guard`): a ping makes every client
+    // answer (a pong), whether or not it pings itself.
+    let every = SERVER_PING_EVERY.min(state.config.conn_limits().idle_read / 3);
+    let mut ping = tokio::time::interval_at(tokio::time::Instant::now() + every, every);
     if !ended {
         loop {
             tokio::select! {
+                _ = ping.tick() => {
+                    if sink.send(Message::Ping(Default::default())).await.is_err() {
+                        break;
+                    }
+                }
                 incoming = next_incoming(&mut stream) => match incoming {
                     Incoming::Msg(ClientMsg::Leave) => {
                         leave_reason = LeaveReason::Left;
