@@ -367,6 +367,8 @@ pub enum ErrorCode {
     Conflict,
     /// The server is stopping: join again in a moment.
     ShuttingDown,
+    /// Too many attempts (wrong credentials, joins): try again after the time said.
+    RateLimited,
     Internal,
 }
 
@@ -394,6 +396,7 @@ impl ErrorCode {
             ErrorCode::UnsupportedType => "unsupported_type",
             ErrorCode::Conflict => "conflict",
             ErrorCode::ShuttingDown => "shutting_down",
+            ErrorCode::RateLimited => "rate_limited",
             ErrorCode::Internal => "internal",
         }
     }

@@ -4,7 +4,7 @@ use crate::server::AppState;
 use crate::token::{unix_now, Grant};
 use crate::ws::run_session;
 use axum::body::Bytes;
-use axum::extract::{DefaultBodyLimit, Path, Query, State, WebSocketUpgrade};
+use axum::extract::{ConnectInfo, DefaultBodyLimit, Path, Query, State, WebSocketUpgrade};
 use axum::http::{header, HeaderMap, StatusCode};
 use axum::response::{Html, IntoResponse, Response};
 use axum::routing::{get, post};
@@ -17,6 +17,7 @@ use consult_protocol::{
 use serde::de::DeserializeOwned;
 use serde::Deserialize;
 use sha2::{Digest, Sha256};
+use std::net::SocketAddr;
 use std::sync::Arc;
 
 /// Largest chunk of a still upload in one request.
@@ -70,6 +71,10 @@ pub fn router(state: Arc<AppState>) -> Router {
         )
         .route("/api/stills/{id}", get(get_still))
         .layer(axum::middleware::from_fn_with_state(
+            state.clone(),
+            limit_auth_failures,
+        ))
+        .layer(axum::middleware::from_fn_with_state(
             crate::security_headers::Policy {
                 // A real certificate: the generated development one would pin browsers to
                 // HTTPS on a developer's machine.
@@ -113,10 +118,83 @@ async fn asset(content_type: &'static str, body: &'static str) -> Response {
         .into_response()
 }
 
-async fn ws_upgrade(State(state): State<Arc<AppState>>, ws: WebSocketUpgrade) -> Response {
+async fn ws_upgrade(
+    State(state): State<Arc<AppState>>,
+    ConnectInfo(peer): ConnectInfo<SocketAddr>,
+    ws: WebSocketUpgrade,
+) -> Response {
     ws.max_message_size(WS_TRANSPORT_LIMIT)
         .max_frame_size(WS_TRANSPORT_LIMIT)
-        .on_upgrade(move |socket| run_session(state, socket))
+        .on_upgrade(move |socket| run_session(state, socket, peer.ip()))
+}
+
+/// Wrong credentials are limited per address and per API key (`rate_limit`): an address or
+/// key that ran out is answered 429 with Retry-After before anything is checked; every 401
+/// spends from both. (A WebSocket's bad token is counted by the session: its answer is a 101.)
+async fn limit_auth_failures(
+    State(state): State<Arc<AppState>>,
+    ConnectInfo(peer): ConnectInfo<SocketAddr>,
+    request: axum::extract::Request,
+    next: axum::middleware::Next,
+) -> Response {
+    let ip = peer.ip();
+    let key = api_key_of(request.headers());
+    let now = std::time::Instant::now();
+    let refused = state.with_limits(|l| {
+        let by_address = l.auth_by_address.check(&ip, now).err();
+        let by_key = key.as_ref().and_then(|k| l.auth_by_key.check(k, now).err());
+        by_address.max(by_key)
+    });
+    if let Some(retry) = refused {
+        return too_many_attempts(retry);
+    }
+    let response = next.run(request).await;
+    if response.status() == StatusCode::UNAUTHORIZED {
+        let (by_address, by_key) = state.with_limits(|l| {
+            let a = l.auth_by_address.spend(&ip, now);
+            let k = key.as_ref().and_then(|k| l.auth_by_key.spend(k, now));
+            (a, k)
+        });
+        if let Some(b) = by_address {
+            state.audit_burst("", "auth_failures_by_address", &ip.to_string(), b.refused);
+        }
+        if let Some(b) = by_key {
+            state.audit_burst("", "auth_failures_by_key", &b.key, b.refused);
+        }
+    }
+    response
+}
+
+/// The API key of a `Basic` Authorization header, if any.
+fn api_key_of(headers: &HeaderMap) -> Option<String> {
+    use base64::Engine as _;
+    let b64 = headers
+        .get(header::AUTHORIZATION)?
+        .to_str()
+        .ok()?
+        .strip_prefix("Basic ")?;
+    let decoded = base64::engine::general_purpose::STANDARD
+        .decode(b64.trim())
+        .ok()?;
+    let text = String::from_utf8(decoded).ok()?;
+    let key = text.split_once(':')?.0;
+    // Bounded: a key is an identifier, not a place to store megabytes.
+    (!key.is_empty() && key.len() <= 128).then(|| key.to_owned())
+}
+
+/// 429 with Retry-After (whole seconds, rounded up).
+pub fn too_many_attempts(retry: std::time::Duration) -> Response {
+    let secs = retry.as_secs() + u64::from(retry.subsec_nanos() > 0);
+    let mut r = err(
+        StatusCode::TOO_MANY_REQUESTS,
+        ErrorCode::RateLimited,
+        format!("too many failed attempts: try again in {secs} s"),
+    )
+    .into_response();
+    if let Ok(v) = axum::http::HeaderValue::from_str(&secs.to_string()) {
+        r.headers_mut().insert(header::RETRY_AFTER, v);
+    }
+    r
 }
 
 /// Who is calling the API.

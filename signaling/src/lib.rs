@@ -10,6 +10,7 @@ pub mod http;
 pub mod hub;
 pub mod incidents;
 pub mod metrics;
+pub mod rate_limit;
 pub mod recording;
 pub mod restore;
 pub mod room;

@@ -4,10 +4,11 @@ use crate::audit::AuditLog;
 use crate::config::Config;
 use crate::conn_guard::GuardAcceptor;
 use crate::hub::Hub;
+use crate::rate_limit::Limiter;
 use crate::token::TokenService;
 use axum_server::accept::NoDelayAcceptor;
 use consult_sfu::{SfuConfig, SfuHandle};
-use std::net::SocketAddr;
+use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
 use std::time::Duration;
 use tracing::{info, warn};
@@ -22,6 +23,70 @@ pub struct AppState {
     pub metrics: crate::metrics::Metrics,
     /// Base URL of the web client, for join links.
     pub base_url: String,
+    pub limits: std::sync::Mutex<RateLimits>,
+}
+
+/// The server's rate limits (see `rate_limit`).
+pub struct RateLimits {
+    pub auth_by_address: Limiter<IpAddr>,
+    pub auth_by_key: Limiter<String>,
+    /// Joins per (room, identity).
+    pub joins: Limiter<(String, String)>,
+}
+
+impl Default for RateLimits {
+    fn default() -> Self {
+        RateLimits {
+            auth_by_address: Limiter::new(crate::rate_limit::AUTH_FAILURES),
+            auth_by_key: Limiter::new(crate::rate_limit::AUTH_FAILURES),
+            joins: Limiter::new(crate::rate_limit::JOINS),
+        }
+    }
+}
+
+impl AppState {
+    /// Run `f` on the rate limits (never held across an await).
+    pub fn with_limits<T>(&self, f: impl FnOnce(&mut RateLimits) -> T) -> T {
+        let mut l = self.limits.lock().unwrap_or_else(|p| p.into_inner());
+        f(&mut l)
+    }
+
+    /// Audit a burst of refusals, once, with its count.
+    pub fn audit_burst(&self, room: &str, what: &str, key: &str, refused: u32) {
+        self.audit.record(
+            room,
+            None,
+            "rate_limited",
+            None,
+            serde_json::json!({"what": what, "key": key, "refused": refused}),
+        );
+    }
+
+    /// Audit the bursts of refusals that are over by `now` and forget quiet keys (called every
+    /// minute by the server, and by tests).
+    pub fn report_rate_limits(&self, now: std::time::Instant) {
+        let (by_address, by_key, joins) = self.with_limits(|l| {
+            (
+                l.auth_by_address.sweep(now),
+                l.auth_by_key.sweep(now),
+                l.joins.sweep(now),
+            )
+        });
+        for b in by_address {
+            self.audit_burst(
+                "",
+                "auth_failures_by_address",
+                &b.key.to_string(),
+                b.refused,
+            );
+        }
+        for b in by_key {
+            self.audit_burst("", "auth_failures_by_key", &b.key, b.refused);
+        }
+        for b in joins {
+            self.audit_burst(&b.key.0, "joins", &b.key.1, b.refused);
+        }
+    }
 }
 
 /// A started server. Dropping it does not stop it; call [`RunningServer::shutdown`].
@@ -143,6 +208,16 @@ pub async fn start(config: Config) -> anyhow::Result<RunningServer> {
         metrics: crate::metrics::Metrics::new(),
         base_url: base_url.clone(),
         config,
+        limits: Default::default(),
+    });
+    let weak = Arc::downgrade(&state);
+    tokio::spawn(async move {
+        let mut every = tokio::time::interval(Duration::from_secs(60));
+        loop {
+            every.tick().await;
+            let Some(state) = weak.upgrade() else { break };
+            state.report_rate_limits(std::time::Instant::now());
+        }
     });
     state.hub.restore(&restored);
     let ended = restored.values().filter(|r| r.ended).count();
@@ -153,7 +228,8 @@ pub async fn start(config: Config) -> anyhow::Result<RunningServer> {
             admitted, "consultations taken back from the audit trail"
         );
     }
-    let app = crate::http::router(state.clone()).into_make_service();
+    let app =
+        crate::http::router(state.clone()).into_make_service_with_connect_info::<SocketAddr>();
     // Signaling messages are small and latency-bound: no Nagle delay (it cost ~40 ms per round
     // trip against delayed ACKs). Connections are capped per address and cut when idle or
     // slow (see `conn_guard`).

@@ -12,6 +12,7 @@ use consult_sfu::SfuEvent;
 use futures_util::stream::{SplitSink, SplitStream};
 use futures_util::{SinkExt, StreamExt};
 use serde_json::Value;
+use std::net::IpAddr;
 use std::sync::Arc;
 use std::time::Duration;
 use tokio::sync::mpsc;
@@ -146,6 +147,7 @@ async fn await_join(
     state: &AppState,
     sink: &mut Sink,
     stream: &mut SplitStream<WebSocket>,
+    peer: IpAddr,
 ) -> Option<(TokenClaims, ClientCaps)> {
     let first = match tokio::time::timeout(JOIN_TIMEOUT, next_incoming(stream)).await {
         Ok(i) => i,
@@ -163,7 +165,9 @@ async fn await_join(
             room,
             audio_rtx,
             twcc_omits_probes,
-        }) => match check_join(state, version, &token, room.as_deref()) {
+        }) => match check_join(state, version, &token, room.as_deref())
+            .and_then(|claims| limit_joins(state, claims))
+        {
             Ok(claims) => {
                 let caps = ClientCaps {
                     audio_rtx,
@@ -171,7 +175,21 @@ async fn await_join(
                 };
                 return Some((claims, caps));
             }
-            Err(r) => r,
+            Err(r) => {
+                if matches!(r.code, ErrorCode::BadToken | ErrorCode::TokenExpired) {
+                    // Wrong credentials count against the address, as on the HTTP API.
+                    let now = std::time::Instant::now();
+                    if let Some(b) = state.with_limits(|l| l.auth_by_address.spend(&peer, now)) {
+                        state.audit_burst(
+                            "",
+                            "auth_failures_by_address",
+                            &peer.to_string(),
+                            b.refused,
+                        );
+                    }
+                }
+                r
+            }
         },
         Incoming::Msg(_) => Rejected::new(ErrorCode::NotJoined, "the first message must be join"),
         Incoming::Bad(r) => r,
@@ -221,13 +239,39 @@ fn check_join(
     Ok(claims)
 }
 
+/// Joins per identity are limited (`rate_limit`): a client rejoining in a loop would flood the
+/// physician with waiting-room updates and the trail with rows.
+fn limit_joins(state: &AppState, claims: TokenClaims) -> Result<TokenClaims, Rejected> {
+    let now = std::time::Instant::now();
+    let key = (claims.room.clone(), claims.sub.clone());
+    let outcome = state.with_limits(|l| match l.joins.check(&key, now) {
+        Err(retry) => Err(retry),
+        Ok(()) => Ok(l.joins.spend(&key, now)),
+    });
+    match outcome {
+        Err(retry) => Err(Rejected::new(
+            ErrorCode::RateLimited,
+            format!(
+                "too many joins: try again in {} s",
+                retry.as_secs() + u64::from(retry.subsec_nanos() > 0)
+            ),
+        )),
+        Ok(ended) => {
+            if let Some(b) = ended {
+                state.audit_burst(&b.key.0, "joins", &b.key.1, b.refused);
+            }
+            Ok(claims)
+        }
+    }
+}
+
 fn new_participant_id() -> String {
     format!("p{:016x}", rand::random::<u64>())
 }
 
-pub async fn run_session(state: Arc<AppState>, socket: WebSocket) {
+pub async fn run_session(state: Arc<AppState>, socket: WebSocket, peer: IpAddr) {
     let (mut sink, mut stream) = socket.split();
-    let Some((claims, caps)) = await_join(&state, &mut sink, &mut stream).await else {
+    let Some((claims, caps)) = await_join(&state, &mut sink, &mut stream, peer).await else {
         return;
     };
     let id = new_participant_id();
