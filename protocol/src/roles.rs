@@ -138,6 +138,10 @@ pub struct TokenClaims {
     pub iat: u64,
     /// Expiry, seconds since the Unix epoch.
     pub exp: u64,
+    /// The token's own id, for revoking this token alone (tokens minted before it existed
+    /// have none).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub jti: Option<String>,
 }
 
 #[cfg(test)]

@@ -145,8 +145,9 @@ fn writer(conn: Connection, jobs: mpsc::Receiver<Job>) {
     }
 }
 
-/// What a restarted server replays (`crate::restore`): every consultation's end, and the rest
-/// of the trail since `since_ms` (who was admitted lately). Read before the writer starts.
+/// What a restarted server replays (`crate::restore`, `crate::revocation`): every
+/// consultation's end and every revocation, and the rest of the trail since `since_ms` (who
+/// was admitted lately). Read before the writer starts.
 pub fn read_for_restore(path: &Path, since_ms: i64) -> anyhow::Result<Vec<AuditRecord>> {
     if !path.exists() {
         return Ok(Vec::new());
@@ -154,7 +155,7 @@ pub fn read_for_restore(path: &Path, since_ms: i64) -> anyhow::Result<Vec<AuditR
     let conn = Connection::open_with_flags(path, OpenFlags::SQLITE_OPEN_READ_ONLY)?;
     let mut stmt = conn.prepare(
         "SELECT seq, ts_ms, room, actor, action, target, detail FROM audit
-         WHERE action = 'consultation_end' OR ts_ms >= ?1 ORDER BY seq",
+         WHERE action IN ('consultation_end', 'token_revoked') OR ts_ms >= ?1 ORDER BY seq",
     )?;
     let rows = stmt.query_map(params![since_ms], record_of_row)?;
     Ok(rows.collect::<Result<_, _>>()?)

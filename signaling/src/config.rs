@@ -30,6 +30,9 @@ pub struct Config {
     pub data_dir: PathBuf,
     /// Default lifetime of minted tokens.
     pub token_ttl_secs: u64,
+    /// A token issued longer ago than this is refused whatever its `exp`; the API mints none
+    /// longer.
+    pub max_token_lifetime_secs: u64,
     /// Key encrypting recordings at rest: 64 hex digits (XChaCha20-Poly1305). Without it a
     /// key is generated once in `data_dir/recording.key`; keep it apart from the recordings
     /// in production.
@@ -65,6 +68,7 @@ impl Default for Config {
             insecure_http: false,
             data_dir: PathBuf::from("data"),
             token_ttl_secs: 4 * 3600,
+            max_token_lifetime_secs: crate::token::DEFAULT_MAX_LIFETIME_SECS,
             recording_key: None,
             downlink_estimation: true,
             sfu_threads: 0,

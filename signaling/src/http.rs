@@ -57,6 +57,7 @@ pub fn router(state: Arc<AppState>) -> Router {
         .route("/ws", get(ws_upgrade))
         .route("/api/tokens", post(mint_token))
         .route("/api/consultations", post(create_consultation))
+        .route("/api/revocations", post(revoke))
         .route("/api/audit", get(read_audit))
         .route(
             "/api/consultations/{room}/summary",
@@ -234,19 +235,94 @@ fn authenticate(state: &AppState, headers: &HeaderMap) -> Result<Caller, HttpErr
         return Err(unauthorized());
     }
     if let Some(token) = value.strip_prefix("Bearer ") {
-        return state
-            .tokens
-            .verify(token.trim())
-            .map(Caller::Token)
-            .map_err(|e| {
-                err(
-                    StatusCode::UNAUTHORIZED,
-                    e.code(),
-                    "the access token is invalid or expired",
-                )
-            });
+        let claims = state.tokens.verify(token.trim()).map_err(|e| {
+            err(
+                StatusCode::UNAUTHORIZED,
+                e.code(),
+                "the access token is invalid or expired",
+            )
+        })?;
+        if state.is_revoked(&claims) {
+            return Err(err(
+                StatusCode::UNAUTHORIZED,
+                ErrorCode::BadToken,
+                "the access token was revoked",
+            ));
+        }
+        return Ok(Caller::Token(claims));
     }
     Err(unauthorized())
+}
+
+/// Revoke tokens (API key and secret only): `{"identity": …}` for every token of that
+/// identity issued so far, or `{"token_id": …}` for one token; `reason` is kept in the trail.
+/// Durable (the trail is read back at a restart); live sessions holding such a token end.
+async fn revoke(
+    State(state): State<Arc<AppState>>,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Result<Json<serde_json::Value>, HttpError> {
+    if let Caller::Token(_) = authenticate(&state, &headers)? {
+        return Err(err(
+            StatusCode::FORBIDDEN,
+            ErrorCode::Forbidden,
+            "revoking tokens needs the API key and secret",
+        ));
+    }
+    #[derive(Deserialize)]
+    #[serde(deny_unknown_fields)]
+    struct Request {
+        identity: Option<String>,
+        token_id: Option<String>,
+        reason: Option<String>,
+    }
+    let req: Request = parse_body(&body)?;
+    let reason = req.reason.unwrap_or_default();
+    if reason.len() > 200 {
+        return Err(err(
+            StatusCode::BAD_REQUEST,
+            ErrorCode::BadRequest,
+            "reason must be at most 200 characters",
+        ));
+    }
+    let now = unix_now();
+    let (revoke, detail) = match (req.identity, req.token_id) {
+        (Some(identity), None) => {
+            check_text("identity", &identity)?;
+            let detail =
+                serde_json::json!({"identity": identity, "revoked_at": now, "reason": reason});
+            (
+                crate::revocation::Revoke::Identity { identity, at: now },
+                detail,
+            )
+        }
+        (None, Some(token_id)) => {
+            check_text("token_id", &token_id)?;
+            let detail =
+                serde_json::json!({"token_id": token_id, "revoked_at": now, "reason": reason});
+            (crate::revocation::Revoke::Token { token_id }, detail)
+        }
+        _ => {
+            return Err(err(
+                StatusCode::BAD_REQUEST,
+                ErrorCode::BadRequest,
+                "give one of identity or token_id",
+            ))
+        }
+    };
+    // Written to the trail first: a revocation is kept across restarts by it.
+    state
+        .audit
+        .record("", None, "token_revoked", None, detail.clone());
+    state.audit.ping().await.map_err(|e| {
+        err(
+            StatusCode::INTERNAL_SERVER_ERROR,
+            ErrorCode::Internal,
+            e.to_string(),
+        )
+    })?;
+    state.revoke(revoke);
+    Ok(Json(detail))
 }
 
 fn parse_body<T: DeserializeOwned>(body: &Bytes) -> Result<T, HttpError> {
@@ -261,12 +337,13 @@ fn parse_body<T: DeserializeOwned>(body: &Bytes) -> Result<T, HttpError> {
 }
 
 fn check_ttl(state: &AppState, ttl: Option<u64>) -> Result<u64, HttpError> {
-    let ttl = ttl.unwrap_or(state.config.token_ttl_secs);
-    if ttl == 0 || ttl > MAX_TTL_SECS {
+    let max = MAX_TTL_SECS.min(state.tokens.max_lifetime_secs());
+    let ttl = ttl.unwrap_or(state.config.token_ttl_secs.min(max));
+    if ttl == 0 || ttl > max {
         return Err(err(
             StatusCode::BAD_REQUEST,
             ErrorCode::BadRequest,
-            format!("ttl_secs must be between 1 and {MAX_TTL_SECS}"),
+            format!("ttl_secs must be between 1 and {max}"),
         ));
     }
     Ok(ttl)
@@ -337,6 +414,15 @@ async fn create_consultation(
             name: c.name.clone(),
             companion_kind: None,
         },
+        // A physician's token creates consultations as that physician only (it would
+        // otherwise mint tokens for any physician).
+        (Caller::Token(c), Some(p)) if p.identity != c.sub => {
+            return Err(err(
+                StatusCode::FORBIDDEN,
+                ErrorCode::Forbidden,
+                "a physician's token creates consultations as that physician only",
+            ))
+        }
         (_, Some(p)) => p,
         (Caller::Api, None) => {
             return Err(err(
@@ -346,9 +432,13 @@ async fn create_consultation(
             ))
         }
     };
-    let ttl = check_ttl(&state, req.ttl_secs)?;
-    let room = format!("c{:016x}", rand::random::<u64>());
     let now = unix_now();
+    let mut ttl = check_ttl(&state, req.ttl_secs)?;
+    // What a token mints expires no later than that token: it cannot renew itself.
+    if let Caller::Token(c) = &caller {
+        ttl = ttl.min(c.exp.saturating_sub(now)).max(1);
+    }
+    let room = format!("c{:016x}", rand::random::<u64>());
     let mut invitees = vec![(Role::Physician, physician), (Role::Patient, req.patient)];
     if let Some(c) = req.companion {
         invitees.push((Role::Companion, c));

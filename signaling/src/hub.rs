@@ -22,6 +22,8 @@ pub struct SessionHandle {
     pub sfu_events: mpsc::UnboundedSender<SfuEvent>,
     /// What its `join` said of its WebRTC stack.
     pub caps: consult_sfu::api::ClientCaps,
+    /// The token it joined with (to end the session if that token is revoked).
+    pub claims: consult_protocol::TokenClaims,
 }
 
 pub struct Hub {
@@ -78,6 +80,24 @@ impl Hub {
         for (name, r) in rooms {
             let room = Room::restored(name, r.ended, &r.admitted, until);
             self.rooms.insert(name.clone(), Arc::new(Mutex::new(room)));
+        }
+    }
+
+    /// End the sessions whose token `revoked` says is revoked: told why, then closed.
+    pub fn close_sessions_where(&self, revoked: impl Fn(&consult_protocol::TokenClaims) -> bool) {
+        let ids: Vec<ParticipantId> = self
+            .sessions
+            .iter()
+            .filter(|s| revoked(&s.value().claims))
+            .map(|s| s.key().clone())
+            .collect();
+        for id in ids {
+            let msg = ServerMsg::Error {
+                code: consult_protocol::ErrorCode::BadToken,
+                message: "the access token was revoked".into(),
+            };
+            self.send(&id, Outbound::Msg(msg));
+            self.send(&id, Outbound::Close);
         }
     }
 

@@ -13,6 +13,7 @@ pub mod metrics;
 pub mod rate_limit;
 pub mod recording;
 pub mod restore;
+pub mod revocation;
 pub mod room;
 pub mod security_headers;
 pub mod server;

@@ -24,6 +24,7 @@ pub struct AppState {
     /// Base URL of the web client, for join links.
     pub base_url: String,
     pub limits: std::sync::Mutex<RateLimits>,
+    pub revocations: std::sync::RwLock<crate::revocation::Revocations>,
 }
 
 /// The server's rate limits (see `rate_limit`).
@@ -45,6 +46,24 @@ impl Default for RateLimits {
 }
 
 impl AppState {
+    /// Whether the token with these claims was revoked.
+    pub fn is_revoked(&self, claims: &consult_protocol::TokenClaims) -> bool {
+        self.revocations
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .is_revoked(claims)
+    }
+
+    /// Revoke, and end the live sessions holding a token so revoked.
+    pub fn revoke(&self, r: crate::revocation::Revoke) {
+        self.revocations
+            .write()
+            .unwrap_or_else(|p| p.into_inner())
+            .apply(r);
+        self.hub
+            .close_sessions_where(|claims| self.is_revoked(claims));
+    }
+
     /// Run `f` on the rate limits (never held across an await).
     pub fn with_limits<T>(&self, f: impl FnOnce(&mut RateLimits) -> T) -> T {
         let mut l = self.limits.lock().unwrap_or_else(|p| p.into_inner());
@@ -175,8 +194,8 @@ pub async fn start(config: Config) -> anyhow::Result<RunningServer> {
     .await?;
     // The trail is the source of truth a restart takes rooms back from (see `restore`).
     let since = crate::audit::now_ms() - RESTORE_WINDOW.as_millis() as i64;
-    let restored =
-        crate::restore::replay(&crate::audit::read_for_restore(&config.audit_db(), since)?);
+    let restored_records = crate::audit::read_for_restore(&config.audit_db(), since)?;
+    let restored = crate::restore::replay(&restored_records);
     let audit = AuditLog::open(&config.audit_db())?;
     let tls = if config.insecure_http {
         None
@@ -196,7 +215,8 @@ pub async fn start(config: Config) -> anyhow::Result<RunningServer> {
         .trim_end_matches('/')
         .to_owned();
     let state = Arc::new(AppState {
-        tokens: TokenService::new(&config.api_key, &config.api_secret),
+        tokens: TokenService::new(&config.api_key, &config.api_secret)
+            .with_max_lifetime(config.max_token_lifetime_secs),
         hub: Hub::new(
             sfu.clone(),
             audit.clone(),
@@ -209,7 +229,18 @@ pub async fn start(config: Config) -> anyhow::Result<RunningServer> {
         base_url: base_url.clone(),
         config,
         limits: Default::default(),
+        revocations: Default::default(),
     });
+    for r in restored_records
+        .iter()
+        .filter_map(crate::revocation::Revocations::from_record)
+    {
+        state
+            .revocations
+            .write()
+            .unwrap_or_else(|p| p.into_inner())
+            .apply(r);
+    }
     let weak = Arc::downgrade(&state);
     tokio::spawn(async move {
         let mut every = tokio::time::interval(Duration::from_secs(60));

@@ -5,12 +5,17 @@ use jsonwebtoken::errors::ErrorKind;
 use jsonwebtoken::{Algorithm, DecodingKey, EncodingKey, Header, Validation};
 use std::time::{SystemTime, UNIX_EPOCH};
 
+/// Default server-side maximum lifetime of a token, whatever its `exp` says (12 h: a join
+/// link is for one day's consultation).
+pub const DEFAULT_MAX_LIFETIME_SECS: u64 = 12 * 3600;
+
 #[derive(Clone)]
 pub struct TokenService {
     api_key: String,
     encoding: EncodingKey,
     decoding: DecodingKey,
     validation: Validation,
+    max_lifetime_secs: u64,
 }
 
 /// Why a token was refused.
@@ -56,7 +61,18 @@ impl TokenService {
             encoding: EncodingKey::from_secret(api_secret.as_bytes()),
             decoding: DecodingKey::from_secret(api_secret.as_bytes()),
             validation,
+            max_lifetime_secs: DEFAULT_MAX_LIFETIME_SECS,
         }
+    }
+
+    /// Refuse tokens issued longer ago than this, whatever their `exp`.
+    pub fn with_max_lifetime(mut self, secs: u64) -> TokenService {
+        self.max_lifetime_secs = secs;
+        self
+    }
+
+    pub fn max_lifetime_secs(&self) -> u64 {
+        self.max_lifetime_secs
     }
 
     /// Mint a token valid for `ttl_secs` from `now` (seconds since the epoch).
@@ -70,6 +86,7 @@ impl TokenService {
             companion_kind: grant.companion_kind,
             iat: now,
             exp: now + ttl_secs,
+            jti: Some(format!("{:032x}", rand::random::<u128>())),
         };
         let token = jsonwebtoken::encode(&Header::new(Algorithm::HS256), &claims, &self.encoding)
             .expect("HS256 encoding of plain claims cannot fail");
@@ -77,12 +94,17 @@ impl TokenService {
     }
 
     pub fn verify(&self, token: &str) -> Result<TokenClaims, TokenError> {
-        jsonwebtoken::decode::<TokenClaims>(token, &self.decoding, &self.validation)
+        let claims = jsonwebtoken::decode::<TokenClaims>(token, &self.decoding, &self.validation)
             .map(|d| d.claims)
             .map_err(|e| match e.kind() {
                 ErrorKind::ExpiredSignature => TokenError::Expired,
                 _ => TokenError::Invalid,
-            })
+            })?;
+        // The server's own bound on a token's life, whatever `exp` says.
+        if unix_now() > claims.iat.saturating_add(self.max_lifetime_secs) {
+            return Err(TokenError::Expired);
+        }
+        Ok(claims)
     }
 }
 

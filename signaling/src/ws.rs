@@ -228,6 +228,12 @@ fn check_join(
             },
         )
     })?;
+    if state.is_revoked(&claims) {
+        return Err(Rejected::new(
+            ErrorCode::BadToken,
+            "the access token was revoked",
+        ));
+    }
     if let Some(room) = room {
         if room != claims.room {
             return Err(Rejected::new(
@@ -284,6 +290,7 @@ pub async fn run_session(state: Arc<AppState>, socket: WebSocket, peer: IpAddr) 
             out: out_tx,
             sfu_events: sfu_tx,
             caps,
+            claims: claims.clone(),
         },
     );
     let joined = state.hub.input(
