@@ -3,6 +3,7 @@
 //! together with the SFU.
 
 pub mod audit;
+pub mod audit_chain;
 pub mod config;
 pub mod conn_guard;
 pub mod consent;

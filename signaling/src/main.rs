@@ -84,6 +84,9 @@ enum Cmd {
         /// Where to write the Ogg/Opus or IVF file.
         output: PathBuf,
     },
+    /// Check the audit trail's hash chain (`<data dir>/audit.db`): says where a record was
+    /// changed, inserted or deleted; exits with 1 if the chain is broken.
+    VerifyAudit,
 }
 
 fn parse_role(s: &str) -> Result<Role, String> {
@@ -176,6 +179,24 @@ async fn main() -> anyhow::Result<()> {
             );
             println!("{token}");
             Ok(())
+        }
+        Some(Cmd::VerifyAudit) => {
+            use consult_signaling::audit_chain::Verdict;
+            let path = config.audit_db();
+            match consult_signaling::audit::verify_chain(&path)? {
+                Verdict::Intact { chained, unchained } => {
+                    println!(
+                        "{}: intact ({chained} records chained, {unchained} written before the \
+                         chain existed)",
+                        path.display()
+                    );
+                    Ok(())
+                }
+                Verdict::Broken { seq, reason } => {
+                    println!("{}: BROKEN at record {seq}: {reason}", path.display());
+                    std::process::exit(1);
+                }
+            }
         }
         Some(Cmd::ExportRecording { input, output }) => {
             let key = config.recording_key()?;
