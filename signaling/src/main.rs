@@ -221,10 +221,17 @@ async fn main() -> anyhow::Result<()> {
             let signal = stop_signal().await?;
             tracing::info!(signal, "stopping");
             let report = server.shutdown_gracefully(SHUTDOWN_LIMIT).await;
-            println!(
+            // Not println!: stdout may be closed by now (a supervisor gone), which must not
+            // turn a clean stop into a panic.
+            use std::io::Write as _;
+            let _ = writeln!(
+                std::io::stdout(),
                 "Stopped on {signal} in {:?}: {} consultation(s) told, recordings closed: {}, \
                  audit written: {}",
-                report.took, report.rooms, report.recordings_closed, report.audit_flushed
+                report.took,
+                report.rooms,
+                report.recordings_closed,
+                report.audit_flushed
             );
             Ok(())
         }

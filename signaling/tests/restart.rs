@@ -4,60 +4,24 @@
 //! still waiting waits again. The audit trail is the source of truth the restarted server
 //! reads. Runs the real binary.
 
+mod common;
+
+use common::{start_binary, BinaryServer};
 use consult_client::{Client, ClientOptions, JoinError};
 use consult_protocol::{AdmissionState, ClientMsg, CompanionKind, ErrorCode, Role};
 use consult_signaling::token::{unix_now, Grant, TokenService};
-use std::io::{BufRead, BufReader};
 use std::path::Path;
-use std::process::{Child, Command, Stdio};
 use std::time::Duration;
 
 const WAIT: Duration = Duration::from_secs(10);
 const KEY: &str = "restart-test";
 const SECRET: &str = "a-secret-for-the-restart-test-0123456789";
 
-/// The server process, killed if a failed assertion leaves it running (it would hold the test
-/// runner's output open).
-struct Server(Child);
-
-impl Drop for Server {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
-
 /// The server on `dir`, and its WebSocket URL.
-fn start(dir: &Path) -> (Server, String) {
-    let mut server = Command::new(env!("CARGO_BIN_EXE_consult-server"))
-        .args([
-            "--insecure-http",
-            "--http-bind",
-            "127.0.0.1:0",
-            "--udp-bind",
-            "127.0.0.1:0",
-        ])
-        .args(["--api-key", KEY, "--api-secret", SECRET])
-        .arg("--data-dir")
-        .arg(dir)
-        .stdout(Stdio::piped())
-        .spawn()
-        .expect("server starts");
-    let mut stdout = BufReader::new(server.stdout.take().unwrap());
-    let mut line = String::new();
-    while !line.starts_with("Consultation server: ") {
-        line.clear();
-        assert!(stdout.read_line(&mut line).unwrap() > 0, "server exited");
-    }
-    let base = line["Consultation server: ".len()..]
-        .split_whitespace()
-        .next()
-        .unwrap()
-        .to_owned();
-    (
-        Server(server),
-        format!("{}/ws", base.replacen("http", "ws", 1)),
-    )
+fn start(dir: &Path) -> (BinaryServer, String) {
+    let server = start_binary(dir, &["--api-key", KEY, "--api-secret", SECRET]);
+    let ws = server.ws_url.clone();
+    (server, ws)
 }
 
 fn token(room: &str, identity: &str, role: Role) -> String {
@@ -78,7 +42,7 @@ async fn join(ws: &str, token: &str) -> anyhow::Result<Client> {
 }
 
 /// SIGKILL: nothing is closed, nothing is flushed by the server itself.
-fn crash(server: Server) {
+fn crash(server: BinaryServer) {
     drop(server);
 }
 

@@ -3,13 +3,15 @@
 //! file closed properly (it exports as complete), the audit trail records the stop and every
 //! departure, and the process exits with success within its bound. Runs the real binary.
 
+mod common;
+
+use common::start_binary;
 use consult_client::audio::AudioEncoder;
 use consult_client::heart::{generate, HeartSoundConfig};
 use consult_client::{Client, ClientEvent, ClientOptions};
 use consult_protocol::{ClientMsg, CompanionKind, RecordingPhase, Role, ServerMsg, TrackLabel};
 use consult_signaling::token::{unix_now, Grant, TokenService};
-use std::io::{BufRead, BufReader};
-use std::process::{Command, Stdio};
+use std::process::Command;
 use std::time::{Duration, Instant};
 
 const WAIT: Duration = Duration::from_secs(10);
@@ -30,55 +32,21 @@ async fn recording_phase(c: &mut Client) -> (String, RecordingPhase) {
     .expect("a recording message")
 }
 
-/// The server process, killed if a failed assertion leaves it running (it would hold the test
-/// runner's output open).
-struct Server(std::process::Child);
-
-impl Drop for Server {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sigterm_tells_everyone_closes_recordings_and_exits() {
     let dir = std::env::temp_dir().join(format!("consult-stop-{:016x}", rand::random::<u64>()));
-    let mut server = Server(
-        Command::new(env!("CARGO_BIN_EXE_consult-server"))
-            .args([
-                "--insecure-http",
-                "--http-bind",
-                "127.0.0.1:0",
-                "--udp-bind",
-                "127.0.0.1:0",
-            ])
-            .args([
-                "--api-key",
-                KEY,
-                "--api-secret",
-                SECRET,
-                "--recording-key",
-                RECORDING_KEY,
-            ])
-            .arg("--data-dir")
-            .arg(&dir)
-            .stdout(Stdio::piped())
-            .spawn()
-            .expect("server starts"),
+    let mut server = start_binary(
+        &dir,
+        &[
+            "--api-key",
+            KEY,
+            "--api-secret",
+            SECRET,
+            "--recording-key",
+            RECORDING_KEY,
+        ],
     );
-    let mut stdout = BufReader::new(server.0.stdout.take().unwrap());
-    let mut line = String::new();
-    while !line.starts_with("Consultation server: ") {
-        line.clear();
-        assert!(stdout.read_line(&mut line).unwrap() > 0, "server exited");
-    }
-    let base = line["Consultation server: ".len()..]
-        .split_whitespace()
-        .next()
-        .unwrap()
-        .to_owned();
-    let ws = format!("{}/ws", base.replacen("http", "ws", 1));
+    let ws = server.ws_url.clone();
     let tokens = TokenService::new(KEY, SECRET);
     let room = "room-sigterm";
     let token = |identity: &str, role: Role| {
@@ -139,7 +107,7 @@ async fn sigterm_tells_everyone_closes_recordings_and_exits() {
     // SIGTERM.
     let stopped_at = Instant::now();
     let kill = Command::new("kill")
-        .args(["-TERM", &server.0.id().to_string()])
+        .args(["-TERM", &server.child.id().to_string()])
         .status()
         .unwrap();
     assert!(kill.success());
@@ -156,7 +124,7 @@ async fn sigterm_tells_everyone_closes_recordings_and_exits() {
         assert!(retry > 0);
     }
     let status = loop {
-        if let Some(s) = server.0.try_wait().unwrap() {
+        if let Some(s) = server.child.try_wait().unwrap() {
             break s;
         }
         assert!(

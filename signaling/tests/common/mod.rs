@@ -198,3 +198,49 @@ pub fn metric(text: &str, name: &str, labels: &str) -> Option<f64> {
         .and_then(|l| l.rsplit(' ').next())
         .and_then(|v| v.parse().ok())
 }
+
+/// The real `consult-server` binary on loopback (plain HTTP, ephemeral ports, data in `dir`)
+/// with `args`; killed when dropped (a failed assertion must not leave it running: it would
+/// hold the test runner's output open).
+pub struct BinaryServer {
+    pub child: std::process::Child,
+    pub ws_url: String,
+    /// Kept open: the server prints to it until it exits.
+    _stdout: std::io::BufReader<std::process::ChildStdout>,
+}
+
+impl Drop for BinaryServer {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+pub fn start_binary(dir: &std::path::Path, args: &[&str]) -> BinaryServer {
+    use std::io::BufRead;
+    let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_consult-server"))
+        .args(["--insecure-http", "--http-bind", "127.0.0.1:0"])
+        .args(["--udp-bind", "127.0.0.1:0"])
+        .args(args)
+        .arg("--data-dir")
+        .arg(dir)
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .expect("server starts");
+    let mut stdout = std::io::BufReader::new(child.stdout.take().expect("piped"));
+    let mut line = String::new();
+    while !line.starts_with("Consultation server: ") {
+        line.clear();
+        assert!(stdout.read_line(&mut line).unwrap() > 0, "server exited");
+    }
+    let base = line["Consultation server: ".len()..]
+        .split_whitespace()
+        .next()
+        .unwrap()
+        .to_owned();
+    BinaryServer {
+        child,
+        ws_url: format!("{}/ws", base.replacen("http", "ws", 1)),
+        _stdout: stdout,
+    }
+}
