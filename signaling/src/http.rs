@@ -671,8 +671,21 @@ async fn begin_still(
     body: Bytes,
 ) -> Result<Json<StillUploadStatus>, HttpError> {
     let who = token_caller(&state, &headers)?;
+    refuse_if_ended(&state, &who)?;
     let req: StillUploadRequest = parse_body(&body)?;
     Ok(Json(state.stills.begin(&who, req)?))
+}
+
+/// No still into a consultation that has ended (its tokens may live on).
+fn refuse_if_ended(state: &AppState, who: &TokenClaims) -> Result<(), HttpError> {
+    if state.hub.is_ended(&who.room) {
+        return Err(err(
+            StatusCode::FORBIDDEN,
+            ErrorCode::ConsultationEnded,
+            "this consultation has ended",
+        ));
+    }
+    Ok(())
 }
 
 async fn still_upload_status(
@@ -697,6 +710,7 @@ async fn append_still(
     body: Bytes,
 ) -> Result<Json<StillUploadStatus>, HttpError> {
     let who = token_caller(&state, &headers)?;
+    refuse_if_ended(&state, &who)?;
     let status = state.stills.append(&who, &id, q.offset, &body)?;
     if let Some(still) = &status.still {
         state.audit.record(

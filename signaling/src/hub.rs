@@ -144,6 +144,15 @@ impl Hub {
             .clone()
     }
 
+    /// Whether the consultation `room` has ended.
+    pub fn is_ended(&self, room: &str) -> bool {
+        let Some(r) = self.rooms.get(room).map(|r| r.clone()) else {
+            return false;
+        };
+        let ended = r.lock().map(|r| r.is_ended()).unwrap_or(false);
+        ended
+    }
+
     pub fn is_admitted(&self, room: &str, id: &str) -> bool {
         let Some(r) = self.rooms.get(room).map(|r| r.clone()) else {
             return false;

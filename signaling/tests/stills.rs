@@ -350,3 +350,31 @@ async fn stills_stay_in_their_room_whatever_its_name() {
         .unwrap();
     assert_eq!(r.status().as_u16(), 200);
 }
+
+/// A consultation that has ended takes no more stills (its companion's token lives on): neither
+/// a new upload nor the rest of one begun before the end.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_ended_consultation_takes_no_stills() {
+    let srv = start_server().await;
+    let api = Api {
+        srv: &srv,
+        http: reqwest::Client::new(),
+    };
+    let room = "room-ended-stills";
+    let doc = srv.join(room, "dr-ended", Role::Physician).await;
+    let nurse = srv.token(room, "ide-ended", Role::Companion);
+    let file = jpeg(20_000);
+    let st: StillUploadStatus = api
+        .begin(&nurse, announce(&file, "image/jpeg"))
+        .await
+        .json()
+        .await
+        .unwrap();
+    doc.send(consult_protocol::ClientMsg::EndConsultation)
+        .unwrap();
+    tokio::time::sleep(std::time::Duration::from_millis(300)).await;
+    let r = api.put(&nurse, &st.upload_id, 0, &file).await;
+    assert_eq!(error_of(r, 403).await, ErrorCode::ConsultationEnded);
+    let r = api.begin(&nurse, announce(&file, "image/jpeg")).await;
+    assert_eq!(error_of(r, 403).await, ErrorCode::ConsultationEnded);
+}
