@@ -185,7 +185,7 @@ fn api_key_of(headers: &HeaderMap) -> Option<String> {
 
 /// 429 with Retry-After (whole seconds, rounded up).
 pub fn too_many_attempts(retry: std::time::Duration) -> Response {
-    let secs = retry.as_secs() + u64::from(retry.subsec_nanos() > 0);
+    let secs = crate::rate_limit::whole_secs(retry);
     let mut r = err(
         StatusCode::TOO_MANY_REQUESTS,
         ErrorCode::RateLimited,

@@ -29,6 +29,11 @@ pub const JOINS: Limit = Limit {
     refill: Duration::from_secs(3),
 };
 
+/// A wait in whole seconds, rounded up (what `Retry-After` and messages say).
+pub fn whole_secs(d: Duration) -> u64 {
+    d.as_secs() + u64::from(d.subsec_nanos() > 0)
+}
+
 #[derive(Debug, Clone)]
 struct Bucket {
     tokens: f64,

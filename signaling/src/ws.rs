@@ -259,7 +259,7 @@ fn limit_joins(state: &AppState, claims: TokenClaims) -> Result<TokenClaims, Rej
             ErrorCode::RateLimited,
             format!(
                 "too many joins: try again in {} s",
-                retry.as_secs() + u64::from(retry.subsec_nanos() > 0)
+                crate::rate_limit::whole_secs(retry)
             ),
         )),
         Ok(ended) => {
