@@ -42,6 +42,15 @@ struct Bucket {
     refused: u32,
 }
 
+impl Bucket {
+    fn refill(&mut self, limit: Limit, now: Instant) {
+        let elapsed = now.saturating_duration_since(self.at).as_secs_f64();
+        self.tokens =
+            (self.tokens + elapsed / limit.refill.as_secs_f64()).min(f64::from(limit.burst));
+        self.at = now;
+    }
+}
+
 /// A burst of refusals that ended (the key has tokens again): to audit once.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Burst<K> {
@@ -63,64 +72,50 @@ impl<K: Hash + Eq + Clone> Limiter<K> {
         }
     }
 
-    fn refill(&self, b: &mut Bucket, now: Instant) {
-        let elapsed = now.saturating_duration_since(b.at).as_secs_f64();
-        let per_sec = 1.0 / self.limit.refill.as_secs_f64();
-        b.tokens = (b.tokens + elapsed * per_sec).min(f64::from(self.limit.burst));
-        b.at = now;
-    }
-
     /// Whether `key` may try now (without spending anything): `Err(retry_after)` if not, and
     /// the refusal is counted in its burst.
     pub fn check(&mut self, key: &K, now: Instant) -> Result<(), Duration> {
         let limit = self.limit;
-        let Some(mut b) = self.buckets.get(key).cloned() else {
+        let Some(b) = self.buckets.get_mut(key) else {
             return Ok(());
         };
-        self.refill(&mut b, now);
-        let result = if b.tokens >= 1.0 {
-            Ok(())
-        } else {
-            b.refused += 1;
-            let missing = 1.0 - b.tokens;
-            Err(
-                Duration::from_secs_f64(missing * limit.refill.as_secs_f64())
-                    .max(Duration::from_secs(1)),
-            )
-        };
-        self.buckets.insert(key.clone(), b);
-        result
+        b.refill(limit, now);
+        if b.tokens >= 1.0 {
+            return Ok(());
+        }
+        b.refused += 1;
+        let missing = 1.0 - b.tokens;
+        Err(
+            Duration::from_secs_f64(missing * limit.refill.as_secs_f64())
+                .max(Duration::from_secs(1)),
+        )
     }
 
     /// Spend one attempt of `key` (a failure, or a join). Returns the burst of refusals that
     /// this attempt ends, if any (the key was refused before and may try again now).
     pub fn spend(&mut self, key: &K, now: Instant) -> Option<Burst<K>> {
-        let burst = f64::from(self.limit.burst);
-        let mut b = self.buckets.get(key).cloned().unwrap_or(Bucket {
-            tokens: burst,
+        let limit = self.limit;
+        let b = self.buckets.entry(key.clone()).or_insert(Bucket {
+            tokens: f64::from(limit.burst),
             at: now,
             refused: 0,
         });
-        self.refill(&mut b, now);
+        b.refill(limit, now);
         b.tokens = (b.tokens - 1.0).max(0.0);
-        let ended = (b.refused > 0).then(|| Burst {
+        (b.refused > 0).then(|| Burst {
             key: key.clone(),
             refused: std::mem::take(&mut b.refused),
-        });
-        self.buckets.insert(key.clone(), b);
-        ended
+        })
     }
 
     /// Forget keys whose bucket is full again, returning the bursts they had not reported
     /// (call now and then: this bounds the map by the keys active lately).
     pub fn sweep(&mut self, now: Instant) -> Vec<Burst<K>> {
-        let full = f64::from(self.limit.burst);
         let mut ended = Vec::new();
         let limit = self.limit;
         self.buckets.retain(|key, b| {
-            let elapsed = now.saturating_duration_since(b.at).as_secs_f64();
-            let tokens = b.tokens + elapsed / limit.refill.as_secs_f64();
-            if tokens < full {
+            b.refill(limit, now);
+            if b.tokens < f64::from(limit.burst) {
                 return true;
             }
             if b.refused > 0 {

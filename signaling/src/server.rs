@@ -231,15 +231,14 @@ pub async fn start(config: Config) -> anyhow::Result<RunningServer> {
         limits: Default::default(),
         revocations: Default::default(),
     });
-    for r in restored_records
-        .iter()
-        .filter_map(crate::revocation::Revocations::from_record)
     {
-        state
-            .revocations
-            .write()
-            .unwrap_or_else(|p| p.into_inner())
-            .apply(r);
+        let mut revoked = state.revocations.write().unwrap_or_else(|p| p.into_inner());
+        for r in restored_records
+            .iter()
+            .filter_map(crate::revocation::Revocations::from_record)
+        {
+            revoked.apply(r);
+        }
     }
     let weak = Arc::downgrade(&state);
     tokio::spawn(async move {
